@@ -1,0 +1,1 @@
+"""Engine: checkpoints, model building, inference, evaluation (and training)."""

@@ -1,0 +1,291 @@
+"""Reading and writing ``.pdparams`` checkpoints safely, and loading them into a model.
+
+A ``.pdparams`` file is a pickle. Unpickling can run arbitrary code, so we use a restricted
+unpickler that only admits what Paddle writes for a state dict: numpy arrays (``_reconstruct``,
+``ndarray``, ``dtype``, ``scalar``) inside dicts/lists/tuples. Anything else is refused with an error
+naming the offending global, before it is called.
+
+Loading into a model has two modes, as in PaddleDetection:
+* ``load_weights`` (``weights=``, evaluation/inference/resume): names must match exactly; every
+  missing, unexpected or wrongly shaped key is reported and is an error.
+* ``load_pretrained`` (``pretrain_weights=``, training init): a checkpoint key also matches a model key
+  that ends with it (``res2.res2a...`` -> ``backbone.res2.res2a...``, the longest match wins); keys
+  that do not fit are listed in a warning, and the model keeps its initial values for them.
+"""
+import io
+import logging
+import os
+import pickle
+
+import numpy as np
+
+__all__ = [
+    "UnsafeCheckpointError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "load_state_file",
+    "save_state_file",
+    "load_weights",
+    "load_pretrained",
+    "match_state_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+_NAME_MAP_KEY = "StructuredToParameterName@@"
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """The file references a Python object that could execute code; it was not loaded."""
+
+
+class CheckpointError(ValueError):
+    """The file is not a readable state dict."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model; ``report`` lists missing/unexpected/shape problems."""
+
+    def __init__(self, message, report):
+        super().__init__(message)
+        self.report = report
+
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _allowed_globals():
+    ma = _numpy_reconstruct()
+    allowed = {}
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(mod, "_reconstruct")] = ma._reconstruct
+        allowed[(mod, "scalar")] = ma.scalar
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    allowed[("collections", "OrderedDict")] = __import__("collections").OrderedDict
+    for name in ("tuple", "list", "dict", "set", "frozenset"):
+        allowed[("builtins", name)] = getattr(__import__("builtins"), name)
+        allowed[("__builtin__", name)] = getattr(__import__("builtins"), name)
+    return allowed
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    _allowed = None
+
+    def __init__(self, f, source):
+        super().__init__(f)
+        self._source = source
+        if _SafeUnpickler._allowed is None:
+            _SafeUnpickler._allowed = _allowed_globals()
+
+    def find_class(self, module, name):
+        obj = self._allowed.get((module, name))
+        if obj is None:
+            raise UnsafeCheckpointError(
+                "refusing to load {}: it references {}.{}, which could execute code when unpickled. "
+                "A .pdparams file should only contain numpy arrays; if you trust and need this file, "
+                "convert it to a plain {{name: array}} dict first".format(self._source, module, name)
+            )
+        return obj
+
+    def persistent_load(self, pid):
+        raise UnsafeCheckpointError("refusing to load {}: persistent ids are not allowed".format(self._source))
+
+
+def _as_array(key, value, source):
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
+        value = value[1]  # older Paddle: (internal_name, array)
+    if isinstance(value, np.ndarray):
+        if value.dtype == np.float16:
+            value = value.astype(np.float32)
+        return value
+    if isinstance(value, (np.generic, int, float)):
+        return np.asarray(value)
+    raise CheckpointError("{}: entry {!r} is a {}, expected a numpy array".format(source, key, type(value).__name__))
+
+
+def load_state_file(path):
+    """Read ``{name: np.ndarray}`` from a ``.pdparams`` (safe pickle) or ``.npz`` file.
+
+    float16 arrays (compact bundled checkpoints) are cast to float32.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError("checkpoint not found: {}".format(path))
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            return {k: _as_array(k, data[k], path) for k in data.files}
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        obj = _SafeUnpickler(io.BytesIO(raw), path).load()
+    except UnsafeCheckpointError:
+        raise
+    except Exception as e:  # truncated or not a pickle at all
+        raise CheckpointError("cannot read checkpoint {}: {} ({})".format(path, type(e).__name__, e)) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError("{}: expected a dict of arrays, got {}".format(path, type(obj).__name__))
+    state = {}
+    for k, v in obj.items():
+        if k == _NAME_MAP_KEY or k == "UnpackBigParamInfor@@":
+            continue
+        state[k] = _as_array(k, v, path)
+    return state
+
+
+def save_state_file(path, state, dtype=None):
+    """Write ``{name: array or tensor}`` as a Paddle-compatible ``.pdparams`` atomically.
+
+    ``dtype='float16'`` stores floating point arrays in half precision (cast back when loading).
+    """
+    arrays = {}
+    for k, v in state.items():
+        a = v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+        if dtype is not None and np.issubdtype(a.dtype, np.floating):
+            a = a.astype(dtype)
+        arrays[k] = a
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, ".{}.tmp{}".format(os.path.basename(path), os.getpid()))
+    try:
+        with open(tmp, "wb") as f:
+            pickle.dump(arrays, f, protocol=4)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _model_shapes(model):
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def _format_report(report, limit=20):
+    lines = []
+    for title, items in (("missing in checkpoint", report["missing"]),
+                         ("unexpected in checkpoint", report["unexpected"]),
+                         ("shape mismatch", report["shape"])):
+        if not items:
+            continue
+        lines.append("  {} ({}):".format(title, len(items)))
+        for it in items[:limit]:
+            if isinstance(it, tuple):
+                lines.append("    {}: checkpoint {} vs model {}".format(*it))
+            else:
+                lines.append("    " + it)
+        if len(items) > limit:
+            lines.append("    ... and {} more".format(len(items) - limit))
+    return "\n".join(lines)
+
+
+def _semantic_hint(report):
+    missing_sem = [k for k in report["missing"] if k.startswith("fused_semantic_head.")]
+    unexpected_sem = [k for k in report["unexpected"] if k.startswith("fused_semantic_head.")]
+    if missing_sem:
+        return ("\nThe config has a FusedSemanticHead but the checkpoint has no semantic-head weights "
+                "(e.g. the official PaddleDetection checkpoint). Use "
+                "configs/htc/htc_without_semantic_r50_fpn_1x_coco.yml or set "
+                "-o HybridTaskCascade.fused_semantic_head=null.")
+    if unexpected_sem:
+        return ("\nThe checkpoint has semantic-head weights but the config has no FusedSemanticHead; "
+                "use a config with the semantic head (configs/htc/htc_r50_fpn_1x_coco.yml).")
+    return ""
+
+
+def load_weights(model, path, state=None):
+    """Load a checkpoint whose names and shapes match the model exactly (else raise with a report)."""
+    state = load_state_file(path) if state is None else state
+    shapes = _model_shapes(model)
+    report = {
+        "missing": sorted(k for k in shapes if k not in state),
+        "unexpected": sorted(k for k in state if k not in shapes),
+        "shape": sorted((k, list(state[k].shape), shapes[k]) for k in shapes
+                        if k in state and list(state[k].shape) != shapes[k]),
+    }
+    if report["missing"] or report["unexpected"] or report["shape"]:
+        raise CheckpointMismatchError(
+            "checkpoint {} does not match the model:\n{}{}".format(path, _format_report(report), _semantic_hint(report)),
+            report,
+        )
+    _assign(model, state)
+    return report
+
+
+def match_state_dict(model_shapes, state):
+    """Suffix matching of checkpoint keys to model keys (PaddleDetection's ``load_pretrain_weight``).
+
+    For each model key the candidates are checkpoint keys equal to it or equal to one of its
+    dot-separated suffixes; the longest wins. Returns ``(matched {model_key: ckpt_key}, report)``.
+    """
+    by_suffix = {}
+    for mk in model_shapes:
+        parts = mk.split(".")
+        for i in range(len(parts)):
+            by_suffix.setdefault(".".join(parts[i:]), []).append(mk)
+    matched, shape_skip, used = {}, [], set()
+    owner = {}
+    for ck in state:
+        for mk in by_suffix.get(ck, []):
+            prev = matched.get(mk)
+            if prev is None or len(ck) > len(prev):
+                matched[mk] = ck
+    for mk, ck in list(matched.items()):
+        if ck in owner and owner[ck] != mk:
+            raise CheckpointError("checkpoint key {!r} matches two model keys: {} and {}".format(ck, owner[ck], mk))
+        owner[ck] = mk
+        if list(state[ck].shape) != list(model_shapes[mk]):
+            shape_skip.append((mk, list(state[ck].shape), list(model_shapes[mk])))
+            del matched[mk]
+        else:
+            used.add(ck)
+    report = {
+        "missing": sorted(k for k in model_shapes if k not in matched and k not in {s[0] for s in shape_skip}),
+        "unexpected": sorted(k for k in state if k not in used and k not in owner),
+        "shape": sorted(shape_skip),
+    }
+    return matched, report
+
+
+def load_pretrained(model, path, state=None):
+    """Initialise the model from a checkpoint leniently; returns the report (also logged)."""
+    state = load_state_file(path) if state is None else state
+    matched, report = match_state_dict(_model_shapes(model), state)
+    if not matched:
+        raise CheckpointMismatchError(
+            "pretrain_weights {}: no key matches the model; is this a checkpoint for this architecture?\n{}".format(
+                path, _format_report(report)), report)
+    _assign(model, {mk: state[ck] for mk, ck in matched.items()})
+    msg = _format_report(report)
+    if msg:
+        logger.warning("pretrain_weights %s: loaded %d of %d model tensors; the rest keep their initial values\n%s",
+                       path, len(matched), len(_model_shapes(model)), msg)
+    else:
+        logger.info("pretrain_weights %s: loaded all %d model tensors", path, len(matched))
+    report["loaded"] = sorted(matched)
+    return report
+
+
+def _assign(model, arrays):
+    """Copy arrays into the model's parameters and buffers, casting to each tensor's dtype."""
+    import paddle
+
+    target = model.state_dict()
+    with paddle.no_grad():
+        for k, a in arrays.items():
+            t = target[k]
+            t.set_value(np.asarray(a).astype(_np_dtype(t.dtype), copy=False))
+
+
+def _np_dtype(dtype):
+    import paddle
+
+    table = {paddle.float32: np.float32, paddle.float16: np.float16, paddle.float64: np.float64,
+             paddle.int64: np.int64, paddle.int32: np.int32}
+    return table.get(dtype, np.float32)

@@ -1,0 +1,75 @@
+"""Python API for inference: ``Detector(config, weights).predict(images)``."""
+import os
+
+import numpy as np
+import paddle
+
+from ..core import create, load_config
+from ..data.loader import collate
+from ..data.transforms import build_transforms
+from .model_builder import build_model, class_names_for, load_model_weights, select_device
+from .outputs import split_outputs
+
+__all__ = ["Detector"]
+
+
+class Detector(object):
+    """An HTC model ready for inference on image files or RGB arrays.
+
+    ``config``: a config path or a loaded config; ``weights``: path, URL or model-zoo name (default: the
+    config's ``weights``); ``overrides``: ``-o``-style list or dict. Preprocessing is the config's
+    ``TestReader`` (resize, normalise, pad). Results are numpy, in original-image pixels.
+    """
+
+    def __init__(self, config, weights=None, overrides=None, device=None):
+        cfg = load_config(config, overrides) if isinstance(config, (str, os.PathLike)) else config
+        self.cfg = cfg
+        self.device = select_device(cfg, device)
+        self.model = build_model(cfg)
+        self.model.eval()
+        weights = weights if weights is not None else cfg.get("weights")
+        if not weights:
+            raise ValueError("no weights given: pass weights=... or set 'weights' in the config")
+        load_model_weights(self.model, weights)
+        reader = cfg.get("TestReader") or {}
+        self.sample_transforms = build_transforms(reader.get("sample_transforms"), "TestReader.sample_transforms")
+        self.batch_transforms = build_transforms(reader.get("batch_transforms"), "TestReader.batch_transforms")
+        dataset = create(cfg["TestDataset"]) if "TestDataset" in cfg else None
+        self.class_names, self.clsid2catid = class_names_for(dataset, int(cfg.get("num_classes", 80)))
+
+    def _sample(self, image, index):
+        if isinstance(image, (str, os.PathLike)):
+            sample = {"im_file": os.fspath(image)}
+        elif isinstance(image, np.ndarray):
+            sample = {"image": image, "im_file": "<array {}>".format(index)}
+        else:
+            raise TypeError("images must be file paths or RGB uint8 arrays, got {}".format(type(image).__name__))
+        sample["im_id"] = np.array([index], dtype=np.int64)
+        for op in self.sample_transforms:
+            sample = op(sample)
+        return sample
+
+    def preprocess(self, images, start=0):
+        samples = [self._sample(im, start + i) for i, im in enumerate(images)]
+        for op in self.batch_transforms:
+            samples = op(samples)
+        return collate(samples)
+
+    @paddle.no_grad()
+    def predict(self, images, batch_size=1):
+        """Detect objects in one image or a list of them (paths or HxWx3 RGB uint8 arrays).
+
+        Returns a dict (single image) or a list of dicts with ``boxes [k,4]`` (x1,y1,x2,y2),
+        ``scores [k]``, ``labels [k]``, ``class_names`` (list of k names), ``masks bool [k,h,w]``.
+        """
+        single = not isinstance(images, (list, tuple))
+        images = [images] if single else list(images)
+        results = []
+        for start in range(0, len(images), batch_size):
+            batch = self.preprocess(images[start:start + batch_size], start)
+            outputs = self.model({k: batch[k] for k in ("image", "im_shape", "scale_factor")})
+            for det in split_outputs(outputs):
+                det["masks"] = det["masks"].astype(bool) if det["masks"] is not None else None
+                det["class_names"] = [self.class_names[int(c)] for c in det["labels"]]
+                results.append(det)
+        return results[0] if single else results

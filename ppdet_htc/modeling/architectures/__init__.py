@@ -1,0 +1,1 @@
+from .htc import HybridTaskCascade  # noqa: F401

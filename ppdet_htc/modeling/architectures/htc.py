@@ -1,0 +1,113 @@
+"""Hybrid Task Cascade (Chen et al., CVPR 2019): the whole model, read top to bottom.
+
+    C = backbone(image); P = FPN(C); S, seg = semantic_head(P)          (S optional)
+    proposals = RPN(P)
+    for t in 0..2:  box_t = B_t(RoIAlign(P, r) + pool(RoIAlign(S, r)));  r = refine(box_t)
+    detections = NMS(softmax(mean_t logits_t), decode(deltas_2, r_1))
+    masks = mean_t sigmoid(M_t(RoIAlign(P, det) + RoIAlign(S, det)))   (information flow M_0 -> M_1 -> M_2)
+"""
+import paddle
+import paddle.nn as nn
+
+from ...core import register
+from ...core.config import create
+
+__all__ = ["HybridTaskCascade"]
+
+
+@register
+class HybridTaskCascade(nn.Layer):
+    """HTC meta-architecture. ``forward`` returns losses in train mode and detections in eval mode.
+
+    Inference output (all tensors, detections of all images concatenated image-major):
+    ``bbox [K,6]`` rows ``[label, score, x1, y1, x2, y2]`` in original-image pixels, ``bbox_num [B]``,
+    ``mask [K,H,W]`` uint8 (image i's rows valid in ``[:h_i, :w_i]``), ``origin_shape [B,2]`` (h, w).
+    """
+
+    __category__ = "architecture"
+    __inject__ = ["bbox_post_process", "mask_post_process"]
+
+    def __init__(
+        self,
+        backbone: object,
+        neck: object,
+        rpn_head: object,
+        bbox_head: object,
+        bbox_post_process: object = "BBoxPostProcess",
+        mask_post_process: object = "MaskPostProcess",
+        fused_semantic_head: object = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.rpn_head = rpn_head
+        self.bbox_head = bbox_head
+        self.bbox_post_process = bbox_post_process
+        self.mask_post_process = mask_post_process
+        self.fused_semantic_head = fused_semantic_head
+
+    @classmethod
+    def from_config(cls, cfg, *args, **kwargs):
+        backbone = create(cfg["backbone"], where="HybridTaskCascade.backbone")
+        neck = create(cfg["neck"], input_shape=backbone.out_shape, where="HybridTaskCascade.neck")
+        shapes = neck.out_shape
+        rpn_head = create(cfg["rpn_head"], input_shape=shapes, where="HybridTaskCascade.rpn_head")
+        bbox_head = create(cfg["bbox_head"], input_shape=shapes, where="HybridTaskCascade.bbox_head")
+        semantic = cfg.get("fused_semantic_head")
+        if semantic:
+            semantic = create(semantic, input_shape=shapes, where="HybridTaskCascade.fused_semantic_head")
+        return {
+            "backbone": backbone,
+            "neck": neck,
+            "rpn_head": rpn_head,
+            "bbox_head": bbox_head,
+            "fused_semantic_head": semantic or None,
+        }
+
+    @property
+    def with_semantic(self):
+        return self.fused_semantic_head is not None
+
+    def _features(self, inputs):
+        feats = self.neck(self.backbone(inputs))
+        semantic, seg_logits = None, None
+        if self.with_semantic:
+            sem_feat, seg_logits = self.fused_semantic_head(feats)
+            semantic = (sem_feat, self.fused_semantic_head.spatial_scale)
+        return feats, semantic, seg_logits
+
+    def forward(self, inputs):
+        if self.training:
+            return self.get_loss(inputs)
+        return self.get_pred(inputs)
+
+    def get_loss(self, inputs):
+        """Dict of losses (keys as in PaddleDetection) plus ``loss``, their sum."""
+        feats, semantic, seg_logits = self._features(inputs)
+        rois, rois_num, losses = self.rpn_head(feats, inputs)
+        losses = dict(losses)
+        losses.update(self.bbox_head.loss(feats, rois, rois_num, inputs, semantic))
+        if self.with_semantic:
+            if "semantic" not in inputs:
+                raise KeyError(
+                    "the config has a FusedSemanticHead but the batch has no 'semantic' labels; "
+                    "enable semantic labels in the dataset (see README: semantic labels) or remove the head"
+                )
+            losses.update(self.fused_semantic_head.loss(seg_logits, inputs["semantic"]))
+        losses["loss"] = paddle.add_n([v for v in losses.values()])
+        return losses
+
+    def get_pred(self, inputs):
+        im_shape = inputs["im_shape"].astype("float32")
+        scale_factor = inputs["scale_factor"].astype("float32")
+        feats, semantic, _ = self._features(inputs)
+        rois, rois_num, _ = self.rpn_head(feats, inputs)
+        probs, deltas, last_rois = self.bbox_head.predict(feats, rois, rois_num, im_shape, semantic)
+        dets, dets_num = self.bbox_post_process(probs, deltas, last_rois, rois_num, im_shape)
+        dets_in, dets_out, dets_num, origin_shape = self.bbox_post_process.rescale(
+            dets, dets_num, im_shape, scale_factor
+        )
+        labels = dets_in[:, 0].astype("int64")
+        probs_m = self.bbox_head.mask_head.predict(feats, dets_in[:, 2:], dets_num, labels, semantic)
+        masks = self.mask_post_process(probs_m, dets_out, dets_num, origin_shape)
+        return {"bbox": dets_out, "bbox_num": dets_num, "mask": masks, "origin_shape": origin_shape}

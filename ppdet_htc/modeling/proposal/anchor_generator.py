@@ -1,0 +1,80 @@
+"""Anchors for every FPN level: one size per level, several aspect ratios, centres on the stride grid."""
+import math
+from typing import List
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from ...core import register
+
+__all__ = ["AnchorGenerator"]
+
+
+@register
+class AnchorGenerator(nn.Layer):
+    """Cell anchors ``[-w/2, -h/2, w/2, h/2]`` with ``w = sqrt(s^2/r)``, ``h = r*w`` (ratio r = h/w).
+
+    For a feature map of ``H x W`` at stride ``t`` the anchor of cell (i, j) and index a is the cell
+    anchor shifted by ``(j*t + offset*t, i*t + offset*t)``; flattened order is ``(i*W + j)*A + a``.
+    """
+
+    def __init__(
+        self,
+        anchor_sizes: List = (32, 64, 128, 256, 512),
+        aspect_ratios: List = (0.5, 1.0, 2.0),
+        strides: List[float] = (16.0,),
+        variance: List[float] = (1.0, 1.0, 1.0, 1.0),
+        offset: float = 0.0,
+    ):
+        super().__init__()
+        sizes = list(anchor_sizes)
+        if sizes and not isinstance(sizes[0], (list, tuple)):
+            sizes = [[s] for s in sizes]
+        ratios = list(aspect_ratios)
+        if ratios and not isinstance(ratios[0], (list, tuple)):
+            ratios = [ratios] * len(sizes)
+        if len(ratios) != len(sizes):
+            raise ValueError(
+                "AnchorGenerator: {} anchor size groups but {} aspect-ratio groups".format(len(sizes), len(ratios))
+            )
+        if len(strides) != len(sizes):
+            raise ValueError(
+                "AnchorGenerator: {} anchor size groups but {} strides; give one stride per FPN level".format(
+                    len(sizes), len(strides)
+                )
+            )
+        self.anchor_sizes = sizes
+        self.aspect_ratios = ratios
+        self.strides = [float(s) for s in strides]
+        self.variance = list(variance)
+        self.offset = float(offset)
+        self.cell_anchors = [self._cell_anchors(s, r) for s, r in zip(sizes, ratios)]
+
+    @staticmethod
+    def _cell_anchors(sizes, ratios):
+        anchors = []
+        for size in sizes:
+            area = float(size) ** 2.0
+            for r in ratios:
+                w = math.sqrt(area / r)
+                h = r * w
+                anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return np.asarray(anchors, dtype="float32")
+
+    @property
+    def num_anchors(self):
+        return len(self.cell_anchors[0])
+
+    def forward(self, feats):
+        """Anchors ``[H_l, W_l, A, 4]`` for each feature map ``[B, C, H_l, W_l]``."""
+        out = []
+        for feat, base, stride in zip(feats, self.cell_anchors, self.strides):
+            h, w = feat.shape[2], feat.shape[3]
+            shift_x = paddle.arange(w, dtype="float32") * stride + self.offset * stride
+            shift_y = paddle.arange(h, dtype="float32") * stride + self.offset * stride
+            sy, sx = paddle.meshgrid(shift_y, shift_x)
+            shifts = paddle.stack([sx, sy, sx, sy], axis=-1)  # [H, W, 4]
+            anchors = shifts[:, :, None, :] + paddle.to_tensor(base)[None, None, :, :]
+            out.append(anchors)
+        return out

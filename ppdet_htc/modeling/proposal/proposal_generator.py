@@ -1,0 +1,89 @@
+"""RPN proposals: per-level decode + NMS (fused kernel), then the best ``post_nms_top_n`` per image."""
+import paddle
+
+from ...core import register
+from .. import ops
+
+__all__ = ["ProposalGenerator", "collect_top_proposals"]
+
+
+@register
+class ProposalGenerator(object):
+    """Settings of one proposal pass (train or test), as in PaddleDetection.
+
+    Per image and level: take the ``pre_nms_top_n`` best anchors, decode, clip, drop boxes smaller
+    than ``max(min_size, 1)``, NMS at ``nms_thresh`` and keep ``post_nms_top_n`` (``pre_nms_top_n`` when
+    ``topk_after_collect``). Then all levels of an image are pooled and the best ``post_nms_top_n`` kept.
+    """
+
+    def __init__(
+        self,
+        pre_nms_top_n: int = 12000,
+        post_nms_top_n: int = 2000,
+        nms_thresh: float = 0.5,
+        min_size: float = 0.1,
+        eta: float = 1.0,
+        topk_after_collect: bool = False,
+    ):
+        self.pre_nms_top_n = pre_nms_top_n
+        self.post_nms_top_n = post_nms_top_n
+        self.nms_thresh = nms_thresh
+        self.min_size = min_size
+        self.eta = eta
+        self.topk_after_collect = topk_after_collect
+
+    def __call__(self, scores, deltas, anchors, im_shape):
+        """scores/deltas/anchors: lists over levels (see ``ops.generate_proposals``); im_shape ``[B,2]``.
+
+        Returns ``(rois [R,4], rois_num [B] int32)``, image-major, each image's rows by score.
+        """
+        level_keep = self.pre_nms_top_n if self.topk_after_collect else self.post_nms_top_n
+        rois, probs, nums = [], [], []
+        for s, d, a in zip(scores, deltas, anchors):
+            r, p, n = ops.generate_proposals(
+                s, d, im_shape, a, paddle.ones_like(a), self.pre_nms_top_n, level_keep,
+                self.nms_thresh, self.min_size, self.eta,
+            )
+            rois.append(r)
+            probs.append(p.reshape([-1]))
+            nums.append(n)
+        return collect_top_proposals(rois, probs, nums, self.post_nms_top_n)
+
+
+def collect_top_proposals(rois, scores, nums, top_n):
+    """Pool per-level proposals of each image and keep the ``top_n`` highest scores per image.
+
+    rois/scores/nums: lists over levels of ``[N_l,4]``, ``[N_l]``, ``[B]`` (image-major rows).
+    Vectorised over images: each image's candidates fill one row of a padded ``[B, N]`` score
+    matrix (``N`` = all candidates of the batch, a shape known without a device sync), then ``topk``.
+    Returns ``(rois [R,4], rois_num [B] int32)`` with each image's rows in descending score.
+    """
+    batch = nums[0].shape[0]
+    width = sum(int(r.shape[0]) for r in rois)
+    if width == 0:
+        return paddle.zeros([0, 4], dtype="float32"), paddle.zeros([batch], dtype="int32")
+    all_rois = paddle.concat([r for r in rois if r.shape[0] > 0])
+    all_scores = paddle.concat([s for s in scores if s.shape[0] > 0]).astype("float32")
+    counts = paddle.stack([n.astype("int64") for n in nums], axis=1)  # [B, L]
+    level_start = paddle.cumsum(counts, axis=1) - counts  # column where level l starts, per image
+    per_image = counts.sum(axis=1)
+    flat = []
+    for lvl, n in enumerate(nums):
+        if rois[lvl].shape[0] == 0:
+            continue
+        n = n.astype("int64")
+        img = paddle.repeat_interleave(paddle.arange(batch, dtype="int64"), n)
+        rank = paddle.arange(img.shape[0], dtype="int64") - paddle.gather(paddle.cumsum(n) - n, img)
+        flat.append(img * width + paddle.gather(level_start[:, lvl], img) + rank)
+    flat = paddle.concat(flat)
+    padded = paddle.full([batch * width], float("-inf"), dtype="float32")
+    padded = paddle.scatter(padded, flat, all_scores, overwrite=True).reshape([batch, width])
+    row_of = paddle.zeros([batch * width], dtype="int64")
+    row_of = paddle.scatter(row_of, flat, paddle.arange(width, dtype="int64"), overwrite=True)
+    k = min(int(top_n), width)
+    _, top_idx = paddle.topk(padded, k, axis=1)
+    keep_num = paddle.minimum(per_image, paddle.full_like(per_image, k))
+    valid = paddle.arange(k, dtype="int64")[None, :] < keep_num[:, None]
+    src = paddle.take_along_axis(row_of.reshape([batch, width]), top_idx, axis=1)
+    src = paddle.masked_select(src, valid)
+    return paddle.gather(all_rois, src), keep_num.astype("int32")

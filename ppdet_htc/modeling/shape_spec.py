@@ -1,0 +1,12 @@
+"""``ShapeSpec``: what a module tells the next one about its output (channels and stride)."""
+from collections import namedtuple
+
+ShapeSpec = namedtuple("ShapeSpec", ["channels", "height", "width", "stride"])
+ShapeSpec.__new__.__defaults__ = (None, None, None, None)
+
+
+def as_shape_list(input_shape):
+    """A ShapeSpec or a list of them -> list (a ShapeSpec is itself a tuple, so check it first)."""
+    if isinstance(input_shape, ShapeSpec):
+        return [input_shape]
+    return list(input_shape)

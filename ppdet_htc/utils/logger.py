@@ -1,0 +1,27 @@
+"""One logging format for scripts; only rank 0 logs at INFO in multi-process runs."""
+import logging
+import os
+import sys
+
+__all__ = ["setup_logger"]
+
+
+def setup_logger(level=logging.INFO, log_file=None):
+    """Configure the ``ppdet_htc`` logger (idempotent). Ranks > 0 only show warnings."""
+    rank = int(os.environ.get("PADDLE_TRAINER_ID", os.environ.get("RANK", "0")) or 0)
+    logger = logging.getLogger("ppdet_htc")
+    logger.setLevel(level if rank == 0 else logging.WARNING)
+    logger.propagate = False
+    fmt = logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S")
+    if not any(getattr(h, "_ppdet_htc", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stdout)
+        h.setFormatter(fmt)
+        h._ppdet_htc = True
+        logger.addHandler(h)
+    if log_file and rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        fh = logging.FileHandler(log_file, mode="a")
+        fh.setFormatter(fmt)
+        fh._ppdet_htc = True
+        logger.addHandler(fh)
+    return logger

@@ -1,0 +1,34 @@
+"""Shared test settings: CPU only, quiet Paddle logs, fixed seeds."""
+import os
+import random
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("FLAGS_call_stack_level", "0")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_REFERENCE = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "reference"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import paddle
+
+        paddle.seed(0)
+        paddle.set_device("cpu")
+    except ImportError:  # pragma: no cover
+        pass
+    yield
+
+
+@pytest.fixture
+def shared_reference():
+    if not os.path.isdir(SHARED_REFERENCE):
+        pytest.skip("../shared/reference is not available")
+    return SHARED_REFERENCE
