@@ -49,6 +49,7 @@ setup(
         "console_scripts": [
             "ppdet-htc-infer=ppdet_htc.cli:infer_main",
             "ppdet-htc-eval=ppdet_htc.cli:eval_main",
+            "ppdet-htc-train=ppdet_htc.cli:train_main",
         ]
     },
 )

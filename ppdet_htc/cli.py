@@ -4,11 +4,13 @@ Flags follow PaddleDetection's ``tools/*.py``: ``-c CONFIG``, ``-o key=value ...
 """
 import argparse
 import logging
+import os
 import sys
 
 from .utils.logger import setup_logger
 
-__all__ = ["infer_main", "eval_main", "base_parser", "load_cli_config"]
+__all__ = ["infer_main", "eval_main", "train_main", "benchmark_main", "export_main", "base_parser",
+           "load_cli_config"]
 
 logger = logging.getLogger("ppdet_htc")
 
@@ -105,3 +107,111 @@ def _json_eval(cfg, args):
                         classwise=args.classwise)
     print(format_metrics(metrics))
     return metrics
+
+
+def train_main(argv=None):
+    """``scripts/train.py``: train or fine-tune; works under ``python -m paddle.distributed.launch``."""
+    def main(argv):
+        p = base_parser("Train HTC (one process, or several with python -m paddle.distributed.launch)")
+        p.add_argument("--eval", action="store_true", help="evaluate after every snapshot, keep best_model")
+        p.add_argument("-r", "--resume", default=None, help="snapshot to resume from, e.g. output/x/last")
+        p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
+        p.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation and sampling")
+        p.add_argument("--output_dir", default=None, help="default: <save_dir>/<config name>")
+        p.add_argument("--max_iters", type=int, default=None, help="stop after this many iterations (resumable)")
+        p.add_argument("--use_vdl", action="store_true", help="log scalars to VisualDL")
+        p.add_argument("--vdl_log_dir", default="vdl_log", help="VisualDL log folder")
+        args = p.parse_args(argv)
+        cfg = load_cli_config(args)
+        from .engine.trainer import Trainer
+
+        out = args.output_dir or os.path.join(cfg.get("save_dir", "output"), cfg.get("filename", "model"))
+        setup_logger(log_file=os.path.join(out, "train.log"))
+        trainer = Trainer(cfg, eval_each_snapshot=args.eval, resume=args.resume, amp=args.amp, seed=args.seed,
+                          max_iters=args.max_iters, use_vdl=args.use_vdl, vdl_log_dir=args.vdl_log_dir,
+                          output_dir=out)
+        trainer.train()
+        return trainer
+
+    return _run(main, argv)
+
+
+def benchmark_main(argv=None):
+    """``scripts/benchmark.py``: latency, phases, FLOPs, memory (inference) and training images/s."""
+    def main(argv):
+        p = base_parser("Benchmark HTC inference (and optionally training) on synthetic images")
+        p.add_argument("--image_size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
+                       help="network input size (keep-ratio resize target)")
+        p.add_argument("--batch_size", type=int, default=1)
+        p.add_argument("--iters", type=int, default=10, help="timed iterations (after warm-up)")
+        p.add_argument("--warmup", type=int, default=2)
+        p.add_argument("--num_dets", type=int, default=100, help="detections per image with random weights")
+        p.add_argument("--use_weights", action="store_true", help="load the config's weights instead of random")
+        p.add_argument("--image", default=None, help="time this image file instead of synthetic ones")
+        p.add_argument("--train", action="store_true", help="also measure training images/s")
+        p.add_argument("--train_iters", type=int, default=5)
+        p.add_argument("--train_batch_size", type=int, default=2)
+        p.add_argument("--json", default=None, help="write the results here")
+        args = p.parse_args(argv)
+        from .engine.benchmark import benchmark_inference, benchmark_training
+        from .utils.io import write_json_atomic
+
+        cfg = load_cli_config(args)
+        res = benchmark_inference(cfg, args.image_size, args.batch_size, args.iters, args.warmup, args.num_dets,
+                                  args.use_weights, image_file=args.image)
+        print(format_benchmark(res))
+        if args.train:
+            cfg = load_cli_config(args)
+            tr = benchmark_training(cfg, args.image_size, args.train_batch_size, args.train_iters, args.warmup)
+            res["training"] = tr
+            print("training: {:.2f} images/s (batch {}, {}x{}, median of {} iterations, {:.2f} s/iter)".format(
+                tr["train_images_per_s"], tr["batch_size"], *tr["image_size"], tr["iters"],
+                tr["seconds_per_iter"]["median"]))
+        if args.json:
+            write_json_atomic(args.json, res, indent=2)
+            print("wrote {}".format(args.json))
+        return res
+
+    return _run(main, argv)
+
+
+def format_benchmark(res):
+    """Human-readable benchmark report."""
+    lines = [
+        "{} | Paddle {} | {} | {} cores".format(res["device"], res["paddle_version"], res.get("cpu", ""),
+                                               res.get("cpu_cores")),
+        "config {} | input {}x{} | batch {} | {} ({} detections/image)".format(
+            res["config"], res["image_size"][0], res["image_size"][1], res["batch_size"], res["weights"],
+            res["detections_per_image"]),
+        "latency per image: median {:.1f} ms (min {:.1f}, max {:.1f}) over {} iterations after {} warm-up".format(
+            res["latency_ms"]["median"], res["latency_ms"]["min"], res["latency_ms"]["max"], res["iters"],
+            res["warmup"]),
+        "throughput {:.3f} images/s | peak RSS {:.0f} MB{}".format(
+            res["images_per_s"], res["peak_rss_mb"],
+            " | peak GPU memory {:.0f} MB".format(res["peak_gpu_memory_mb"]) if "peak_gpu_memory_mb" in res else ""),
+        "model {:.1f} GFLOPs/image, achieved {:.1f} GFLOP/s; conv+matmul {:.1f} ms; overhead (everything else) "
+        "{:.1f}%".format(res["gflops"], res["achieved_gflops_per_s"], res["conv_matmul_ms"],
+                         100 * res["overhead_fraction"]),
+        "phases (median ms per image; the second column is the part outside conv/matmul layers):",
+    ]
+    for name, ms in res["phases_ms"].items():
+        lines.append("  {:<20s} {:9.1f} {:9.1f}".format(name, ms, res.get("phases_overhead_ms", {}).get(name, 0.0)))
+    return "\n".join(lines)
+
+
+def export_main(argv=None):
+    """``scripts/export_model.py``: static Paddle Inference model + infer_cfg.yml."""
+    def main(argv):
+        p = base_parser("Export HTC to a Paddle Inference model (deploy/python/infer.py runs it)")
+        p.add_argument("--output_dir", default="output_inference", help="the model goes to OUTPUT_DIR/<config name>")
+        p.add_argument("--draw_threshold", type=float, default=0.5, help="stored in infer_cfg.yml")
+        args = p.parse_args(argv)
+        from .engine.export import export_model
+
+        cfg = load_cli_config(args)
+        out = os.path.join(args.output_dir, cfg.get("filename", "model"))
+        export_model(cfg, out, draw_threshold=args.draw_threshold)
+        print("exported to {}".format(out))
+        return out
+
+    return _run(main, argv)

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import sys
 import traceback
 
@@ -34,13 +35,14 @@ READER_SECTIONS = {
     "test": ("TestReader", "TestDataset"),
 }
 _READER_DEFAULTS = {
-    "train": {"batch_size": 1, "shuffle": True, "drop_last": True},
-    "eval": {"batch_size": 1, "shuffle": False, "drop_last": False},
-    "test": {"batch_size": 1, "shuffle": False, "drop_last": False},
+    "train": {"batch_size": 1, "shuffle": True, "drop_last": True, "group_by_size": False},
+    "eval": {"batch_size": 1, "shuffle": False, "drop_last": False, "group_by_size": True},
+    "test": {"batch_size": 1, "shuffle": False, "drop_last": False, "group_by_size": True},
 }
 # Keys PaddleDetection readers accept that do not change what we produce (gt always stays per image).
 _IGNORED_READER_KEYS = ("collate_batch", "use_shared_memory", "inputs_def")
-_READER_KEYS = ("sample_transforms", "batch_transforms", "batch_size", "shuffle", "drop_last") + _IGNORED_READER_KEYS
+_READER_KEYS = ("sample_transforms", "batch_transforms", "batch_size", "shuffle", "drop_last",
+                "group_by_size") + _IGNORED_READER_KEYS
 _BATCH_RNG_TAG = 0xBA7C  # separates the batch-transform streams from the per-sample ones
 
 
@@ -155,12 +157,14 @@ class Reader(object):
 
     ``len(reader)`` is the number of batches per epoch on this rank. ``skip(n)`` makes the next
     iteration start at batch ``n`` of the epoch; ``iter_from(n)`` does the same directly.
+    ``group_by_size`` (evaluation/inference): batches only hold images with the same padded size, so
+    batching does not change results; with several ranks the batches are dealt out round-robin.
     """
 
     def __init__(self, dataset, sample_transforms=(), batch_transforms=(), batch_size: int = 1,
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0, rank: int = 0,
                  world_size: int = 1, worker_num: int = 0, prefetch: int = 2, name: str = "Reader",
-                 mp_context: str = None):
+                 mp_context: str = None, group_by_size: bool = False):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError("{}.batch_size must be a positive int, got {!r}".format(name, batch_size))
         if not isinstance(worker_num, int) or worker_num < 0:
@@ -180,6 +184,7 @@ class Reader(object):
         self.worker_num = worker_num
         self.prefetch = max(1, int(prefetch))
         self.mp_context = mp_context
+        self.group_by_size = bool(group_by_size)
         self.epoch = 0
         self._start = 0
         self._maker = _BatchMaker(dataset, list(sample_transforms), list(batch_transforms), seed)
@@ -199,6 +204,10 @@ class Reader(object):
         if n == 0:
             raise ValueError("{}: the dataset {!r} is empty".format(self.name, self.dataset))
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if self.group_by_size and not self.shuffle and self.batch_size > 1 and not self.drop_last:
+            grouped = self._size_batches(order)
+            if grouped is not None:
+                return grouped[self.rank::self.world_size]
         ws, bs = self.world_size, self.batch_size
         if self.drop_last:
             per_rank = n // ws
@@ -219,6 +228,40 @@ class Reader(object):
                 logger.info("%s: drop_last leaves %d of %d samples out of each epoch (a different subset every "
                             "epoch when shuffling)", self.name, unused, n)
             self._logged_drop = True
+        return batches
+
+    def _canvas_key(self, index):
+        """The padded size image ``index`` gets (from its recorded size, Resize and PadBatch), or None."""
+        from .transforms import PadBatch, Resize
+
+        records = getattr(self.dataset, "roidbs", None)
+        if not records:
+            return None
+        r = records[index % len(records)]
+        h, w = int(r.get("h") or 0), int(r.get("w") or 0)
+        if not h or not w:
+            return None
+        for op in self._maker.sample_ops:
+            if isinstance(op, Resize):
+                sy, sx, _, _ = op.scale_for(h, w)
+                h, w = int(round(h * sy)), int(round(w * sx))  # cv2's output size
+        stride = max([op.pad_to_stride for op in self._maker.batch_ops if isinstance(op, PadBatch)] + [1])
+        return (-(-h // stride) * stride, -(-w // stride) * stride)
+
+    def _size_batches(self, order):
+        """Batches that never mix padded sizes: a batch is padded exactly as each of its images alone,
+        so batched results equal single-image ones. Images are visited by size; returns None when the
+        sizes are unknown (e.g. a plain image folder)."""
+        keys = [self._canvas_key(i) for i in order]
+        if any(k is None for k in keys):
+            return None
+        groups = {}
+        for i, k in zip(order, keys):
+            groups.setdefault(k, []).append(int(i))
+        batches = []
+        for k in sorted(groups):
+            members = groups[k]
+            batches.extend(members[j:j + self.batch_size] for j in range(0, len(members), self.batch_size))
         return batches
 
     def __len__(self):
@@ -289,6 +332,11 @@ def _worker_loop(maker, in_q, out_q):
     No thread settings are touched here: ``cv2.setNumThreads`` deadlocks in a forked child whose
     parent had already used OpenCV's thread pool.
     """
+    # Paddle's fatal-signal handler (inherited through fork) would print a C++ "traceback" if the pool
+    # ever has to terminate us; a worker has nothing to report then, so use the default action.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Batches prefetched but never read (the consumer stopped early) must not block our exit.
+    out_q.cancel_join_thread()
     parent = os.getppid()
     while True:
         try:
@@ -419,8 +467,8 @@ def _reader_options(spec, mode, section, where):
                 where, key, section, "; did you mean {}?".format(" / ".join(repr(h) for h in hint)) if hint else "",
                 ", ".join(_READER_KEYS)))
     opts = dict(_READER_DEFAULTS[mode])
-    opts.update({k: spec[k] for k in ("batch_size", "shuffle", "drop_last") if k in spec})
-    for key in ("shuffle", "drop_last"):
+    opts.update({k: spec[k] for k in ("batch_size", "shuffle", "drop_last", "group_by_size") if k in spec})
+    for key in ("shuffle", "drop_last", "group_by_size"):
         if not isinstance(opts[key], bool):
             raise ConfigError("{}: {}.{} must be true or false, got {!r}".format(where, section, key, opts[key]))
     for key in ("sample_transforms", "batch_transforms"):
@@ -460,5 +508,6 @@ def build_reader(cfg, mode, dataset=None, seed: int = 0, rank: int = None, world
     rank, world_size = _resolve_rank(rank, world_size)
     return Reader(dataset, sample_ops, batch_ops, batch_size=opts["batch_size"], shuffle=opts["shuffle"],
                   drop_last=opts["drop_last"], seed=seed, rank=rank, world_size=world_size,
-                  worker_num=int(worker_num), name=section, mp_context=mp_context)
+                  worker_num=int(worker_num), name=section, mp_context=mp_context,
+                  group_by_size=opts["group_by_size"])
 

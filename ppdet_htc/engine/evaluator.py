@@ -26,13 +26,17 @@ def build_eval_dataset(cfg):
     return dataset
 
 
-def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, progress=True, device=None):
+def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, progress=True, device=None,
+             rank=0, world_size=1):
     """Run the model over ``EvalDataset`` and score it with pycocotools.
 
     ``model``: an already built (and loaded) model, e.g. during training; otherwise it is built from the
     config and ``weights`` (default ``cfg.weights``) are loaded strictly. Writes ``bbox.json``,
     ``mask.json`` and ``metrics.json`` into ``output_eval`` (default: the working directory).
     Returns the metrics dict ``{'bbox': {...}, 'segm': {...}}`` plus ``images_per_s``.
+
+    With ``world_size > 1`` (during distributed training) every process runs its share of the images at
+    the same time and rank 0 gathers the results and scores them; other ranks return None.
     """
     if model is None:
         select_device(cfg, device)
@@ -42,14 +46,15 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
             raise ValueError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
         load_model_weights(model, weights)
     dataset = build_eval_dataset(cfg)
-    reader = build_reader(cfg, "eval", dataset=dataset, rank=0, world_size=1)
+    reader = build_reader(cfg, "eval", dataset=dataset, rank=rank, world_size=world_size)
     metric = COCOMetric(dataset.get_anno(), clsid2catid=dataset.clsid2catid, output_eval=output_eval,
                         classwise=classwise)
     was_training = model.training
     model.eval()
     n_images = 0
     start = time.time()
-    bar = tqdm(total=len(dataset), desc="eval", unit="img", disable=None if progress else True)
+    bar = tqdm(total=len(reader) * reader.batch_size, desc="eval", unit="img",
+               disable=None if progress and rank == 0 else True)
     seen = set()
     with paddle.no_grad():
         for batch in reader:
@@ -61,11 +66,32 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
             n_images += len(dets)
             bar.update(len(dets))
     bar.close()
-    elapsed = max(time.time() - start, 1e-9)
     if was_training:
         model.train()
+    if world_size > 1:
+        from .distributed import all_gather_object
+
+        shards = all_gather_object((sorted(seen), metric.results), world_size)
+        n_images = len(set().union(*[set(ids) for ids, _ in shards]))
+        if rank != 0:
+            return None
+        metric.results = _merge_shards(shards, metric.iou_types)
+    elapsed = max(time.time() - start, 1e-9)
     metrics = metric.accumulate()
     print(metric.format_table())
     metrics["images_per_s"] = n_images / elapsed
     logger.info("evaluated %d images in %.1f s (%.2f images/s)", n_images, elapsed, metrics["images_per_s"])
     return metrics
+
+
+def _merge_shards(shards, iou_types):
+    """Results of all ranks; an image evaluated twice (the sampler pads shards cyclically) counts once."""
+    owner = {}
+    for rank, (ids, _) in enumerate(shards):
+        for i in ids:
+            owner.setdefault(i, rank)
+    merged = {t: [] for t in iou_types}
+    for rank, (_, results) in enumerate(shards):
+        for t in iou_types:
+            merged[t].extend(r for r in results[t] if owner.get(r["image_id"]) == rank)
+    return merged

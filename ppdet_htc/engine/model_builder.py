@@ -6,18 +6,43 @@ import paddle
 from ..core import create
 from . import checkpoint
 
-__all__ = ["build_model", "select_device", "load_model_weights", "class_names_for"]
+__all__ = ["build_model", "select_device", "set_cpu_threads", "load_model_weights", "class_names_for"]
 
 logger = logging.getLogger(__name__)
 
 
 def select_device(cfg=None, device=None):
-    """``device`` if given, else GPU when the config asks for it and Paddle has CUDA, else CPU."""
+    """``device`` if given, else GPU when the config asks for it and Paddle has CUDA, else CPU.
+
+    On the CPU, Paddle's math library runs on one thread unless told otherwise; we use all cores
+    (shared between the processes of a multi-process run), or ``OMP_NUM_THREADS`` when it is set.
+    """
     if device is None:
         want_gpu = bool(cfg.get("use_gpu", False)) if cfg is not None else False
         device = "gpu" if want_gpu and paddle.device.is_compiled_with_cuda() else "cpu"
     paddle.set_device(device)
+    if device == "cpu":
+        set_cpu_threads()
     return device
+
+
+def set_cpu_threads(n=None):
+    """Threads for Paddle's CPU kernels: ``n``, else ``$OMP_NUM_THREADS``, else cores / local processes."""
+    import os
+
+    if n is None:
+        env = os.environ.get("OMP_NUM_THREADS")
+        if env and env.isdigit():
+            n = int(env)
+        else:
+            procs = int(os.environ.get("PADDLE_LOCAL_SIZE", os.environ.get("PADDLE_TRAINERS_NUM", "1")) or 1)
+            n = max(1, (os.cpu_count() or 1) // max(procs, 1))
+    try:
+        from paddle.base import core
+    except ImportError:  # pragma: no cover - very old Paddle
+        from paddle.fluid import core
+    core.set_num_threads(int(n))
+    return int(n)
 
 
 def build_model(cfg):

@@ -122,8 +122,16 @@ def _category_ids(labels, mapping, im_id):
 
 
 def _encode_masks(masks):
-    """RLE-encode all masks of one image in a single pycocotools call (``encode`` takes [h, w, k])."""
-    binary = np.asfortranarray(np.transpose(masks != 0, (1, 2, 0)), dtype=np.uint8)
+    """RLE-encode all masks of one image in a single pycocotools call (``encode`` takes [h, w, k]).
+
+    0/1 uint8 (or bool) masks, what the model returns, are reordered with a single copy; other values
+    are binarised first.
+    """
+    if masks.dtype == np.bool_:
+        masks = masks.view(np.uint8)
+    elif masks.dtype != np.uint8 or (masks.size and masks.max() > 1):
+        masks = (masks != 0).astype(np.uint8)
+    binary = np.asfortranarray(np.transpose(masks, (1, 2, 0)))
     rles = mask_util.encode(binary)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("utf-8")
@@ -172,7 +180,8 @@ def detections_to_coco(dets, clsid2catid):
 def _load_coco(anno_path):
     if not os.path.isfile(anno_path):
         raise FileNotFoundError(f"COCO annotation file not found: {anno_path}")
-    return COCO(anno_path)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "loading annotations..." chatter
+        return COCO(anno_path)
 
 
 def _zero_stats():
@@ -220,11 +229,13 @@ def evaluate_results(coco_gt, results, iou_type, classwise=False):
         raise ValueError(
             f"{iou_type} results reference image id(s) {unknown_images[:10]} that are not in the annotation file"
         )
-    coco_dt = coco_gt.loadRes(results)
-    coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
-    coco_eval.evaluate()
-    coco_eval.accumulate()
-    coco_eval.summarize()
+    # pycocotools prints progress and its own summary; we print one table of our own instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
     stats = {name: float(value) for name, value in zip(STAT_NAMES, coco_eval.stats)}
     table = _classwise_ap(coco_eval, coco_gt) if classwise else None
     return stats, table

@@ -3,9 +3,16 @@ import math
 
 import paddle
 
-__all__ = ["delta2bbox", "bbox2delta", "clip_boxes", "bbox_overlaps", "nonempty_mask", "roi_image_index"]
+__all__ = ["delta2bbox", "bbox2delta", "clip_boxes", "bbox_overlaps", "nonempty_mask", "roi_image_index",
+           "known_empty"]
 
 BBOX_CLIP = math.log(1000.0 / 16)
+
+
+def known_empty(t):
+    """True when ``t`` has no rows and that is known now (dynamic mode). In an exported (static) program
+    sizes are only known at run time, so the general code path must handle the empty case itself."""
+    return paddle.in_dynamic_mode() and t.shape[0] == 0
 
 
 def delta2bbox(deltas, boxes, weights):
@@ -14,7 +21,7 @@ def delta2bbox(deltas, boxes, weights):
     ``dx/wx`` etc.; log-size deltas are clamped from above at ``log(1000/16)`` only.
     Returns ``[R,4]`` boxes ``[cx - w/2, cy - h/2, cx + w/2, cy + h/2]``.
     """
-    if boxes.shape[0] == 0:  # Paddle 2.x cannot stack empty tensors
+    if known_empty(boxes):  # Paddle 2.x cannot stack empty tensors
         return paddle.zeros([0, 4], dtype=deltas.dtype)
     wx, wy, ww, wh = [float(w) for w in weights]
     widths = boxes[:, 2] - boxes[:, 0]
@@ -42,7 +49,7 @@ def delta2bbox(deltas, boxes, weights):
 
 def bbox2delta(src, tgt, weights):
     """Regression targets that map ``src`` boxes ``[R,4]`` onto ``tgt`` ``[R,4]`` (inverse of delta2bbox)."""
-    if src.shape[0] == 0:
+    if known_empty(src):
         return paddle.zeros([0, 4], dtype=src.dtype)
     wx, wy, ww, wh = [float(w) for w in weights]
     src_w = src[:, 2] - src[:, 0]
@@ -62,13 +69,13 @@ def bbox2delta(src, tgt, weights):
 
 def roi_image_index(rois_num):
     """Image index of every RoI, ``[R]`` int64, from per-image counts ``[B]``."""
-    b = rois_num.shape[0]
+    b = rois_num.shape[0] if paddle.in_dynamic_mode() else paddle.shape(rois_num)[0]
     return paddle.repeat_interleave(paddle.arange(b, dtype="int64"), rois_num.astype("int64"))
 
 
 def clip_boxes(boxes, im_hw_per_box):
     """Clip ``[R,4]`` boxes to ``[0, w] x [0, h]`` where ``im_hw_per_box`` is ``[R,2]`` (h, w)."""
-    if boxes.shape[0] == 0:
+    if known_empty(boxes):
         return boxes.reshape([0, 4])
     h = im_hw_per_box[:, 0]
     w = im_hw_per_box[:, 1]
@@ -89,7 +96,7 @@ def nonempty_mask(boxes, min_size=0.0):
 
 def bbox_overlaps(a, b):
     """IoU matrix ``[N,M]`` between boxes ``a [N,4]`` and ``b [M,4]`` (0 where they do not overlap)."""
-    if a.shape[0] == 0 or b.shape[0] == 0:
+    if known_empty(a) or known_empty(b):
         return paddle.zeros([a.shape[0], b.shape[0]], dtype="float32")
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])

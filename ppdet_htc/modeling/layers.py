@@ -1,7 +1,49 @@
 """Small building blocks shared by heads: a conv wrapper whose parameters live under ``.conv``."""
+import paddle
 import paddle.nn as nn
 from paddle import ParamAttr
 from paddle.nn.initializer import Constant, KaimingNormal, KaimingUniform
+
+
+def relu(x, inplace):
+    """ReLU; in place at inference (``inplace``): on the CPU a fresh output tensor costs ~10x the math."""
+    return nn.functional.relu_(x) if inplace else nn.functional.relu(x)
+
+
+def add(x, y, inplace):
+    """``x + y``, written into ``x`` at inference (``x`` must be a temporary nobody else uses)."""
+    return x.add_(y) if inplace else x + y
+
+
+def upsample_nearest_2x(x):
+    """Nearest-neighbour x2 upsampling written as reshape/expand (used in exported programs, where
+    Paddle Inference's oneDNN backend cannot run the interpolation operators)."""
+    b, c = paddle.shape(x)[0], paddle.shape(x)[1]
+    h, w = paddle.shape(x)[2], paddle.shape(x)[3]
+    y = x.unsqueeze(3).unsqueeze(5).expand([b, c, h, 2, w, 2])
+    return y.reshape([b, c, h * 2, w * 2])
+
+
+def resize_bilinear_align_corners(x, out_h, out_w):
+    """Bilinear resize with ``align_corners=True`` as two matmuls with tent-weight matrices (exported
+    programs; same math as ``F.interpolate(..., mode='bilinear', align_corners=True)``)."""
+
+    def weights(n_in, n_out):
+        dst = paddle.arange(n_out, dtype="float32")
+        ratio = (n_in.astype("float32") - 1) / paddle.maximum(n_out.astype("float32") - 1, paddle.full([], 1.0))
+        src = dst * ratio
+        taps = paddle.arange(n_in, dtype="float32")
+        return nn.functional.relu(1.0 - paddle.abs(src.unsqueeze(1) - taps.unsqueeze(0)))  # [n_out, n_in]
+
+    wy = weights(paddle.shape(x)[2], out_h)
+    wx = weights(paddle.shape(x)[3], out_w)
+    return paddle.matmul(paddle.matmul(wy, x), wx, transpose_y=True)
+
+
+def inference(layer):
+    """In-place ops are safe: dygraph, eval mode and no gradient being recorded (exported programs get
+    their memory reuse from the executor)."""
+    return paddle.in_dynamic_mode() and not layer.training and not paddle.is_grad_enabled()
 
 
 class ConvAct(nn.Layer):
@@ -25,4 +67,4 @@ class ConvAct(nn.Layer):
 
     def forward(self, x):
         x = self.conv(x)
-        return nn.functional.relu(x) if self.relu else x
+        return relu(x, inference(self)) if self.relu else x

@@ -7,12 +7,20 @@ All functions run on CPU and GPU, have no Python loop over boxes, and accept emp
 """
 import math
 
+import numpy as np
+
 import paddle
 import paddle.nn.functional as F
 from paddle import _C_ops
 from paddle.vision import ops as vops
 
 _PADDLE_MAJOR = int(paddle.__version__.split(".")[0]) if paddle.__version__[0].isdigit() else 3
+
+try:  # resolved once here: the static-graph translator must not see the try/except
+    from paddle.framework import in_pir_mode as _in_pir_mode
+except ImportError:  # Paddle 2.x has no PIR mode
+    def _in_pir_mode():
+        return False
 
 __all__ = [
     "roi_align",
@@ -52,7 +60,7 @@ def distribute_fpn_proposals(rois, rois_num, min_level, max_level, refer_level, 
     (1e-6 on CPU, 1e-8 on GPU), as in the reference.
     """
     levels = max_level - min_level + 1
-    if rois.shape[0] == 0:
+    if paddle.in_dynamic_mode() and rois.shape[0] == 0:
         empty = [rois.reshape([0, 4]) for _ in range(levels)]
         return empty, paddle.zeros([0, 1], dtype="int32"), [paddle.zeros_like(rois_num) for _ in range(levels)]
     compact = _PADDLE_MAJOR < 3  # Paddle 2.x's kernel fails when an image of the batch has no RoI
@@ -118,19 +126,28 @@ def multiclass_nms(
     ``index`` is the position in the flattened ``[R, C]`` input (``row * C + class``); within an image
     rows are ordered by class, then input row.
     """
-    out, index, nms_num = _C_ops.multiclass_nms3(
-        bboxes,
-        scores,
-        rois_num,
-        float(score_threshold),
-        int(nms_top_k),
-        int(keep_top_k),
-        float(nms_threshold),
-        bool(normalized),
-        float(nms_eta),
-        int(background_label),
+    if paddle.in_dynamic_mode() or _in_pir_mode():
+        return _C_ops.multiclass_nms3(
+            bboxes, scores, rois_num, float(score_threshold), int(nms_top_k), int(keep_top_k),
+            float(nms_threshold), bool(normalized), float(nms_eta), int(background_label),
+        )
+    # Paddle 2.x static graph (export): append the operator to the program.
+    from paddle.base.layer_helper import LayerHelper
+
+    helper = LayerHelper("multiclass_nms3")
+    out = helper.create_variable_for_type_inference(dtype=bboxes.dtype)
+    index = helper.create_variable_for_type_inference(dtype="int32")
+    nms_num = helper.create_variable_for_type_inference(dtype="int32")
+    helper.append_op(
+        type="multiclass_nms3",
+        inputs={"BBoxes": bboxes, "Scores": scores, "RoisNum": rois_num},
+        outputs={"Out": out, "Index": index, "NmsRoisNum": nms_num},
+        attrs={"background_label": int(background_label), "score_threshold": float(score_threshold),
+               "nms_top_k": int(nms_top_k), "nms_threshold": float(nms_threshold), "keep_top_k": int(keep_top_k),
+               "nms_eta": float(nms_eta), "normalized": bool(normalized)},
     )
     return out, index, nms_num
+
 
 
 def _tent_weights(coords, size):
@@ -145,7 +162,7 @@ def _source_coords(pixels, lo, hi, size):
     return ((grid + 1) * size - 1) / 2
 
 
-def paste_masks(probs, boxes, image_hw, canvas_hw, threshold=0.5, max_elements=1 << 26):
+def paste_masks(probs, boxes, image_hw, canvas_hw, threshold=0.5, max_elements=1 << 24):
     """Paste ``[K,M,M]`` mask probabilities into ``[K,H,W]`` binary masks (uint8).
 
     boxes ``[K,4]`` in output pixels; image_hw ``[K,2]`` int32: (h, w) of the image each mask belongs to
@@ -156,9 +173,13 @@ def paste_masks(probs, boxes, image_hw, canvas_hw, threshold=0.5, max_elements=1
     Bilinear sampling on an axis-aligned grid is separable, so each mask is ``Wy @ P @ Wx^T`` with
     tent-weight matrices: two batched matmuls instead of a per-pixel gather. Only a band of rows around
     each box is computed (a value can only reach 0.5 for pixel centres inside the box; the band grows for
-    lower thresholds), and the band is
-    placed into the canvas with one row ``gather``. Chunks of detections bound the temporary memory.
+    lower thresholds), and the band is placed into the canvas with one row ``gather``. Detections are
+    processed in chunks of similar box height, which bounds both the work and the temporary memory.
     """
+    if not float(threshold) > 0:
+        raise ValueError("paste_masks: threshold must be > 0, got {}".format(threshold))
+    if not paddle.in_dynamic_mode():
+        return _paste_masks_full(probs, boxes, image_hw, canvas_hw, threshold)
     K = probs.shape[0]
     H, W = int(canvas_hw[0]), int(canvas_hw[1])
     if K == 0 or H == 0 or W == 0:
@@ -171,31 +192,74 @@ def paste_masks(probs, boxes, image_hw, canvas_hw, threshold=0.5, max_elements=1
     margin = max(0.0, 0.5 - float(threshold)) * (boxes[:, 3] - boxes[:, 1]) / M
     y_lo = paddle.clip(paddle.floor(boxes[:, 1] - margin) - 1, 0, H)
     y_hi = paddle.clip(paddle.ceil(boxes[:, 3] + margin) + 1, 0, H)
-    band = int((y_hi - y_lo).max().numpy())  # one host read per batch: the band height
-    band = max(1, min(band, H))
-    y_lo = paddle.minimum(y_lo, paddle.full_like(y_lo, H - band))
+    # One host read: band heights decide the chunks (detections sorted by height, each chunk computes
+    # only as many rows as its tallest box needs).
+    heights = np.maximum((y_hi - y_lo).numpy().astype(np.int64), 1)
+    order = np.argsort(heights, kind="stable")
     img_h = image_hw[:, 0].astype("float32")
     img_w = image_hw[:, 1].astype("float32")
     cols = paddle.arange(W, dtype="float32")
-    rows = paddle.arange(band, dtype="float32")
-    chunk = max(1, int(max_elements // (band * W)))
-    pieces = []
-    for start in range(0, K, chunk):
-        end = min(K, start + chunk)
-        b = boxes[start:end]
-        py = y_lo[start:end, None] + rows[None, :]  # [n, band] canvas rows
-        wy = _tent_weights(_source_coords(py, b[:, 1:2], b[:, 3:4], M), M)  # [n, band, M]
-        wx = _tent_weights(_source_coords(cols[None, :], b[:, 0:1], b[:, 2:3], M), M)  # [n, W, M]
-        vals = paddle.matmul(wy, paddle.matmul(probs[start:end], wx, transpose_y=True))  # [n, band, W]
-        inside = (py < img_h[start:end, None]).unsqueeze(2) & (cols[None, None, :] < img_w[start:end, None, None])
-        pieces.append(((vals >= threshold) & inside).astype("uint8"))
-    on = paddle.concat(pieces).reshape([K * band, W])
-    on = paddle.concat([on, paddle.zeros([1, W], dtype="uint8")])  # row K*band = all zeros
-    # Canvas row (k, y) takes band row k*band + (y - y_lo[k]) when inside the band, else the zero row.
-    rel = paddle.arange(H, dtype="int64")[None, :] - y_lo.astype("int64")[:, None]  # [K, H]
-    src = paddle.arange(K, dtype="int64")[:, None] * band + rel
-    src = paddle.where((rel >= 0) & (rel < band), src, paddle.full_like(src, K * band))
-    return paddle.gather(on, src.reshape([-1])).reshape([K, H, W])
+    bands, sources = [], []
+    offset = 0
+    start = 0
+    while start < K:
+        band = int(heights[order[start]])
+        end = start + 1
+        while end < K and int(heights[order[end]]) * W * (end - start + 1) <= max_elements:
+            band = int(heights[order[end]])
+            end += 1
+        band = min(band, H)
+        idx = paddle.to_tensor(order[start:end])
+        on, src = _paste_chunk(paddle.gather(probs, idx), paddle.gather(boxes, idx), paddle.gather(y_lo, idx),
+                               paddle.gather(img_h, idx), paddle.gather(img_w, idx), band, H, W, M, cols, threshold)
+        bands.append(on)
+        sources.append(src + offset)
+        offset += on.shape[0]
+        start = end
+    # One gather builds the whole canvas, already in the detections' original order.
+    src = paddle.concat(sources) if len(sources) > 1 else sources[0]
+    src = paddle.gather(src, paddle.to_tensor(np.argsort(order)))
+    rows = paddle.concat(bands) if len(bands) > 1 else bands[0]
+    return paddle.gather(rows, src.reshape([-1])).reshape([K, H, W])
+
+
+def _paste_chunk(probs, boxes, y_lo, img_h, img_w, band, H, W, M, cols, threshold):
+    """Band rows ``[n*(band+1), W]`` for ``n`` detections whose boxes fit in ``band`` rows from their
+    ``y_lo``, and for every canvas row of each detection the band row it shows (``[n, H]``).
+
+    Work on the large ``[n, band, W]`` tensors is kept to the matmul and one comparison: pixels outside
+    the image get zero tap weights (so they can never reach the positive threshold), and every detection
+    has one extra, all-zero band row that canvas rows outside its band point to.
+    """
+    n = probs.shape[0]
+    y_lo = paddle.minimum(y_lo, paddle.full_like(y_lo, H - band))
+    rows = paddle.arange(band + 1, dtype="float32")
+    py = y_lo[:, None] + rows[None, :]  # [n, band+1] canvas rows; the last one is the zero row
+    row_ok = ((rows[None, :] < band) & (py < img_h[:, None])).astype("float32").unsqueeze(2)
+    col_ok = (cols[None, :] < img_w[:, None]).astype("float32").unsqueeze(2)
+    wy = _tent_weights(_source_coords(py, boxes[:, 1:2], boxes[:, 3:4], M), M) * row_ok  # [n, band+1, M]
+    wx = _tent_weights(_source_coords(cols[None, :], boxes[:, 0:1], boxes[:, 2:3], M), M) * col_ok  # [n, W, M]
+    vals = paddle.matmul(wy, paddle.matmul(probs, wx, transpose_y=True))  # [n, band+1, W]
+    on = (vals >= threshold).astype("uint8").reshape([n * (band + 1), W])
+    rel = paddle.arange(H, dtype="int64")[None, :] - y_lo.astype("int64")[:, None]  # [n, H]
+    rel = paddle.where((rel >= 0) & (rel < band), rel, paddle.full_like(rel, band))
+    return on, paddle.arange(n, dtype="int64")[:, None] * (band + 1) + rel
+
+
+def _paste_masks_full(probs, boxes, image_hw, canvas_hw, threshold):
+    """``paste_masks`` for exported (static) programs: the same separable sampling over the whole canvas
+    (sizes are tensors there, so no band and no chunking)."""
+    M = probs.shape[-1]
+    boxes = boxes.astype("float32")
+    rows = paddle.arange(canvas_hw[0], dtype="float32")
+    cols = paddle.arange(canvas_hw[1], dtype="float32")
+    wy = _tent_weights(_source_coords(rows[None, :], boxes[:, 1:2], boxes[:, 3:4], M), M)  # [K, H, M]
+    wx = _tent_weights(_source_coords(cols[None, :], boxes[:, 0:1], boxes[:, 2:3], M), M)  # [K, W, M]
+    vals = paddle.matmul(wy, paddle.matmul(probs.astype("float32"), wx, transpose_y=True))
+    img_h = image_hw[:, 0].astype("float32")
+    img_w = image_hw[:, 1].astype("float32")
+    inside = (rows[None, :] < img_h[:, None]).unsqueeze(2) & (cols[None, None, :] < img_w[:, None, None])
+    return ((vals >= threshold) & inside).astype("uint8")
 
 
 def log_scale_clip():

@@ -2,7 +2,6 @@
 from typing import List
 
 import paddle
-import paddle.nn.functional as F
 
 from ..core import register
 from . import box_utils, ops
@@ -83,7 +82,7 @@ class BBoxPostProcess(object):
         where the kept rows are the same in both tensors.
         """
         origin = paddle.floor(im_shape / scale_factor + 0.5)
-        if dets.shape[0] == 0:
+        if box_utils.known_empty(dets):
             return dets, dets, paddle.zeros_like(dets_num).astype("int32"), origin.astype("int32")
         img = box_utils.roi_image_index(dets_num)
         hw = paddle.gather(origin, img)
@@ -93,8 +92,7 @@ class BBoxPostProcess(object):
         keep = box_utils.nonempty_mask(boxes)
         dets_orig = paddle.concat([dets[:, :2], boxes], axis=1)
         idx = paddle.nonzero(keep).reshape([-1])
-        batch = dets_num.shape[0]
-        new_num = (F.one_hot(img, batch) * keep.astype("float32")[:, None]).sum(axis=0)
+        new_num = paddle.scatter(paddle.zeros_like(dets_num), img, keep.astype(dets_num.dtype), overwrite=False)
         return (
             paddle.gather(dets, idx),
             paddle.gather(dets_orig, idx),
@@ -114,5 +112,8 @@ class MaskPostProcess(object):
         """Returns uint8 masks ``[K, H_max, W_max]``; rows of image i are valid in ``[:h_i, :w_i]``."""
         img = box_utils.roi_image_index(dets_num)
         hw = paddle.gather(origin_shape, img)
+        if not paddle.in_dynamic_mode():  # exported program: the canvas size is a tensor
+            canvas = origin_shape.max(axis=0)
+            return ops.paste_masks(probs, dets_orig[:, 2:], hw, (canvas[0], canvas[1]), self.binary_thresh)
         canvas = origin_shape.max(axis=0).numpy() if origin_shape.shape[0] else [0, 0]
         return ops.paste_masks(probs, dets_orig[:, 2:], hw, (int(canvas[0]), int(canvas[1])), self.binary_thresh)

@@ -16,7 +16,7 @@ NORM = {"is_scale": True, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0
 TARGET = [40, 64]
 
 
-def _cfg(batch_size=2, flip=True, semantic=False):
+def _cfg(batch_size=2, flip=True, semantic=False, group_by_size=False):
     sample = [{"Decode": {}}, {"Resize": {"interp": 1, "target_size": TARGET, "keep_ratio": True}}]
     if flip:
         sample.append({"RandomFlip": {"prob": 0.5}})
@@ -27,7 +27,7 @@ def _cfg(batch_size=2, flip=True, semantic=False):
     train = {"sample_transforms": sample, "batch_transforms": batch, "batch_size": batch_size, "shuffle": True,
              "drop_last": True, "collate_batch": False}
     evals = {"sample_transforms": [s for s in sample if "RandomFlip" not in s], "batch_transforms": batch,
-             "batch_size": batch_size, "shuffle": False, "drop_last": False}
+             "batch_size": batch_size, "shuffle": False, "drop_last": False, "group_by_size": group_by_size}
     return {"TrainReader": train, "EvalReader": evals, "TestReader": dict(evals, batch_size=1), "worker_num": 0}
 
 
@@ -110,6 +110,29 @@ def test_eval_reader_keeps_order_and_every_image(coco, batch_size):
     assert ids == [1, 2, 3]
     assert "gt_bbox" not in batches[0] and "flipped" not in batches[0]
     np.testing.assert_array_equal(batches[0]["h"], [24, 36][:batch_size])
+
+
+def test_eval_reader_groups_images_of_similar_size(tmp_path):
+    """With group_by_size (the eval/test default) a batch only holds images that get the same padded
+    canvas, so each image is padded exactly as it would be alone."""
+    sizes = [(40, 60), (40, 120), (40, 60), (40, 120), (40, 60)]  # canvases 64x64 and 32x64
+    spec = {"images": [{"id": i + 1, "file_name": "s{}.jpg".format(i), "height": h, "width": w}
+                       for i, (h, w) in enumerate(sizes)],
+            "annotations": [{"id": 100 + i, "image_id": i + 1, "category_id": 2, "bbox": [1, 1, 8, 8], "area": 64,
+                             "iscrowd": 0, "segmentation": [[1, 1, 9, 1, 9, 9, 1, 9]]} for i in range(len(sizes))],
+            "categories": [{"id": 2, "name": "thing"}]}
+    ds = _ds(write_coco(tmp_path, spec))
+    grouped = build_reader(_cfg(batch_size=2, group_by_size=True), "eval", dataset=ds, rank=0, world_size=1)
+    batches = grouped.batch_indices()
+    assert sorted(len(b) for b in batches) == [1, 2, 2]
+    assert sorted(i for b in batches for i in b) == list(range(len(sizes)))  # every image once
+    single = build_reader(_cfg(batch_size=1), "eval", dataset=ds, rank=0, world_size=1)
+    alone = {int(b["im_id"][0, 0]): tuple(b["image"].shape[2:]) for b in single}
+    for batch in grouped:
+        for im_id in batch["im_id"].numpy()[:, 0]:
+            assert tuple(batch["image"].shape[2:]) == alone[int(im_id)]
+    plain = build_reader(_cfg(batch_size=2), "eval", dataset=ds, rank=0, world_size=1)
+    assert [i for b in plain.batch_indices() for i in b] == list(range(len(sizes)))
 
 
 def test_shuffle_order_and_flips_follow_the_seeds(coco):

@@ -11,6 +11,7 @@ import paddle.nn as nn
 
 from ...core import register
 from ...core.config import create
+from ...utils.timing import phase
 
 __all__ = ["HybridTaskCascade"]
 
@@ -69,10 +70,12 @@ class HybridTaskCascade(nn.Layer):
         return self.fused_semantic_head is not None
 
     def _features(self, inputs):
-        feats = self.neck(self.backbone(inputs))
+        with phase("backbone_fpn"):
+            feats = self.neck(self.backbone(inputs))
         semantic, seg_logits = None, None
         if self.with_semantic:
-            sem_feat, seg_logits = self.fused_semantic_head(feats)
+            with phase("semantic_head"):
+                sem_feat, seg_logits = self.fused_semantic_head(feats)
             semantic = (sem_feat, self.fused_semantic_head.spatial_scale)
         return feats, semantic, seg_logits
 
@@ -101,13 +104,32 @@ class HybridTaskCascade(nn.Layer):
         im_shape = inputs["im_shape"].astype("float32")
         scale_factor = inputs["scale_factor"].astype("float32")
         feats, semantic, _ = self._features(inputs)
-        rois, rois_num, _ = self.rpn_head(feats, inputs)
+        with phase("rpn"):
+            rois, rois_num, _ = self.rpn_head(feats, inputs)
         probs, deltas, last_rois = self.bbox_head.predict(feats, rois, rois_num, im_shape, semantic)
-        dets, dets_num = self.bbox_post_process(probs, deltas, last_rois, rois_num, im_shape)
-        dets_in, dets_out, dets_num, origin_shape = self.bbox_post_process.rescale(
-            dets, dets_num, im_shape, scale_factor
-        )
+        # Exported programs: kernels of Paddle 2.x and Paddle Inference's oneDNN backend reject empty
+        # tensors, so a placeholder detection (score -1) keeps every tensor non-empty; the exported
+        # outputs end with it and deploy/python/infer.py drops it (dygraph outputs never contain it).
+        exported = not paddle.in_dynamic_mode()
+        with phase("box_postprocess"):
+            dets, dets_num = self.bbox_post_process(probs, deltas, last_rois, rois_num, im_shape)
+            if exported:
+                dets, dets_num = _add_placeholder(dets, dets_num)
+            dets_in, dets_out, dets_num, origin_shape = self.bbox_post_process.rescale(
+                dets, dets_num, im_shape, scale_factor
+            )
         labels = dets_in[:, 0].astype("int64")
         probs_m = self.bbox_head.mask_head.predict(feats, dets_in[:, 2:], dets_num, labels, semantic)
-        masks = self.mask_post_process(probs_m, dets_out, dets_num, origin_shape)
+        with phase("mask_paste"):
+            masks = self.mask_post_process(probs_m, dets_out, dets_num, origin_shape)
         return {"bbox": dets_out, "bbox_num": dets_num, "mask": masks, "origin_shape": origin_shape}
+
+
+def _add_placeholder(dets, dets_num):
+    """Exported programs (one image per run): append a detection with score -1 (always the last row)."""
+    # [label 0, score -1, box (0, 0, 1, 1)], built from scalar fills (a constant list would become an
+    # op that Paddle Inference's oneDNN backend cannot run).
+    zero = paddle.full([1, 1], 0.0, dtype=dets.dtype)
+    one = paddle.full([1, 1], 1.0, dtype=dets.dtype)
+    pad = paddle.concat([zero, -one, zero, zero, one, one], axis=1)
+    return paddle.concat([dets, pad]), dets_num + 1

@@ -13,6 +13,7 @@ from paddle.nn.initializer import KaimingNormal
 from paddle.regularizer import L2Decay
 
 from ...core import register
+from ..layers import add, inference, relu
 from ..shape_spec import ShapeSpec
 
 __all__ = ["ResNet", "ConvNormLayer"]
@@ -45,7 +46,7 @@ class ConvNormLayer(nn.Layer):
 
     def forward(self, x):
         x = self.norm(self.conv(x))
-        return F.relu(x) if self.act == "relu" else x
+        return relu(x, inference(self)) if self.act == "relu" else x
 
 
 def _shortcut(ch_in, ch_out, stride, variant, **norm):
@@ -74,7 +75,8 @@ class BottleNeck(nn.Layer):
     def forward(self, x):
         out = self.branch2c(self.branch2b(self.branch2a(x)))
         short = x if self.shortcut else self.short(x)
-        return F.relu(out + short)
+        fast = inference(self)
+        return relu(add(out, short, fast), fast)
 
 
 class BasicBlock(nn.Layer):
@@ -93,7 +95,8 @@ class BasicBlock(nn.Layer):
     def forward(self, x):
         out = self.branch2b(self.branch2a(x))
         short = x if self.shortcut else self.short(x)
-        return F.relu(out + short)
+        fast = inference(self)
+        return relu(add(out, short, fast), fast)
 
 
 def _block_name(stage_num, count, i):

@@ -15,6 +15,8 @@ from paddle.nn.initializer import Constant, Normal, XavierUniform
 
 from ...core import register
 from .. import box_utils
+from ...utils.timing import phase
+from ..layers import inference, relu
 from ..shape_spec import ShapeSpec, as_shape_list
 from .roi_extractor import RoIAlign
 
@@ -39,7 +41,8 @@ class TwoFCHead(nn.Layer):
 
     def forward(self, x):
         x = paddle.flatten(x, start_axis=1)
-        return F.relu(self.fc7(F.relu(self.fc6(x))))
+        fast = inference(self)
+        return relu(self.fc7(relu(self.fc6(x), fast)), fast)
 
 
 @register
@@ -189,11 +192,13 @@ class HybridTaskCascadeHead(nn.Layer):
         logits = []
         deltas = None
         for t in range(self.num_cascade_stages):
-            if t > 0:
-                rois = self.refine(t - 1, deltas, rois, rois_num, im_shape)
-            logit, deltas = self.stage_forward(t, feats, rois, rois_num, semantic)
-            logits.append(logit)
-        probs = F.softmax(paddle.add_n(logits) / float(len(logits)), axis=-1)
+            with phase("box_stage{}".format(t)):
+                if t > 0:
+                    rois = self.refine(t - 1, deltas, rois, rois_num, im_shape)
+                logit, deltas = self.stage_forward(t, feats, rois, rois_num, semantic)
+                logits.append(logit)
+        with phase("box_postprocess"):
+            probs = F.softmax(paddle.add_n(logits) / float(len(logits)), axis=-1)
         return probs, deltas, rois
 
     # ---------------------------------------------------------------- training

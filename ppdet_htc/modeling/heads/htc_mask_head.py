@@ -13,7 +13,9 @@ from paddle import ParamAttr
 from paddle.nn.initializer import Constant, KaimingNormal
 
 from ...core import register
-from ..layers import ConvAct
+from ...utils.timing import phase
+from ..layers import ConvAct, inference, relu
+from ..box_utils import known_empty
 from ..shape_spec import ShapeSpec, as_shape_list
 from .roi_extractor import RoIAlign
 
@@ -42,17 +44,18 @@ class HybridTaskMaskFeatSub(nn.Layer):
         )
         self.with_res = with_res
         if with_res:
-            self.conv_res = ConvAct(out_channel, out_channel, 1, relu=True, fan_in=out_channel * 9)
+            # Maps the previous stage's features back to the RoI-feature width they are added to.
+            self.conv_res = ConvAct(out_channel, in_channel, 1, relu=True, fan_in=out_channel * 9)
 
     def features(self, x, prev=None):
         if prev is not None:
-            x = x + self.conv_res(prev)
+            x = x + self.conv_res(prev)  # x is the shared RoI feature: never in place
         for conv in self.convs:
             x = conv(x)
         return x
 
     def logits(self, feat):
-        return self.conv_logits(F.relu(self.upsample(feat)))
+        return self.conv_logits(relu(self.upsample(feat), inference(self)))
 
 
 @register
@@ -103,11 +106,12 @@ class HybridTaskMaskFeat(nn.Layer):
         prev = None
         outs = []
         for t in range(stage + 1):
-            sub = self.stages[t]
-            feat = sub.features(x, prev)
-            if all_logits or t == stage:
-                outs.append(sub.logits(feat))
-            prev = feat
+            with phase("mask_stage{}".format(t)):
+                sub = self.stages[t]
+                feat = sub.features(x, prev)
+                if all_logits or t == stage:
+                    outs.append(sub.logits(feat))
+                prev = feat
         return outs
 
 
@@ -196,13 +200,17 @@ class HybridTaskMaskHead(nn.Layer):
 
     def predict(self, feats, rois, rois_num, labels, semantic=None):
         """Mask probabilities ``[K,28,28]`` for detections ``rois [K,4]`` (input scale) of class ``labels [K]``."""
-        if rois.shape[0] == 0:
+        if known_empty(rois):
             return paddle.zeros([0, 28, 28], dtype="float32")
-        x = self.roi_features(feats, rois, rois_num, semantic)
+        with phase("mask_roi_features"):
+            x = self.roi_features(feats, rois, rois_num, semantic)
         logits = self.head(x, self.head.num_cascade_stages - 1, all_logits=True)
-        prob = paddle.stack([F.sigmoid(lg) for lg in logits]).mean(axis=0)  # [K,C,28,28]
-        idx = labels.astype("int64").reshape([-1, 1, 1, 1]).expand([-1, 1, prob.shape[2], prob.shape[3]])
-        return paddle.take_along_axis(prob, idx, axis=1)[:, 0]
+        with phase("mask_paste"):
+            # Only the detection's own class channel is needed: select it before the sigmoid.
+            idx = labels.astype("int64").reshape([-1, 1, 1, 1]).expand(
+                [-1, 1, logits[0].shape[2], logits[0].shape[3]])
+            probs = [F.sigmoid(paddle.take_along_axis(lg, idx, axis=1)[:, 0]) for lg in logits]
+            return paddle.add_n(probs) / float(len(probs))
 
     def loss(self, feats, rois, rois_num, targets, stage, weight, semantic=None):
         """Mask loss of ``stage``: BCE on the target class channel, averaged over pixels and RoIs.

@@ -5,6 +5,7 @@ import paddle
 
 from ...core import register
 from .. import ops
+from ..box_utils import known_empty
 
 __all__ = ["RoIAlign"]
 
@@ -46,7 +47,7 @@ class RoIAlign(object):
         if len(feats) == 1:
             scale = self.spatial_scale[0] if spatial_scale is None else spatial_scale
             return ops.roi_align(feats[0], rois, rois_num, self.resolution, scale, self.sampling_ratio, self.aligned)
-        if rois.shape[0] == 0:
+        if known_empty(rois):
             c = feats[self.start_level].shape[1]
             return paddle.zeros([0, c, self.resolution, self.resolution], dtype=feats[0].dtype)
         offset = 2
@@ -62,5 +63,5 @@ class RoIAlign(object):
                     self.sampling_ratio, self.aligned,
                 )
             )
-        outs = [o for o in outs if o.shape[0] > 0]  # Paddle 2.x cannot concat empty tensors
+        outs = [o for o in outs if not known_empty(o)]  # Paddle 2.x cannot concat empty tensors
         return paddle.gather(paddle.concat(outs), restore_index.reshape([-1]))

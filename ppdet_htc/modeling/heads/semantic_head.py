@@ -1,11 +1,14 @@
 """HTC's fused semantic segmentation head: a whole-image feature fused into every RoI feature."""
+from typing import Optional
+
+import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle import ParamAttr
 from paddle.nn.initializer import Constant, KaimingUniform
 
 from ...core import register
-from ..layers import ConvAct
+from ..layers import ConvAct, resize_bilinear_align_corners
 
 __all__ = ["FusedSemanticHead"]
 
@@ -31,7 +34,7 @@ class FusedSemanticHead(nn.Layer):
     def __init__(
         self,
         in_channel: int = 256,
-        out_channel: int = 256,
+        out_channel: Optional[int] = None,
         num_ins: int = 5,
         fusion_level: int = 1,
         num_convs: int = 4,
@@ -41,6 +44,7 @@ class FusedSemanticHead(nn.Layer):
         fusion_stride: int = 8,
     ):
         super().__init__()
+        out_channel = in_channel if out_channel is None else out_channel  # 256 for the R50 model
         if not 0 <= fusion_level < num_ins:
             raise ValueError("FusedSemanticHead.fusion_level {} must be < num_ins {}".format(fusion_level, num_ins))
         self.num_ins = num_ins
@@ -78,12 +82,14 @@ class FusedSemanticHead(nn.Layer):
         """feats: FPN outputs. Returns ``(semantic_feat [B,C,H/8,W/8], seg_logits [B,K,H/8,W/8])``."""
         feats = feats[: self.num_ins]
         target = feats[self.fusion_level]
-        size = target.shape[2:]
         x = self.lateral_convs[self.fusion_level](target)
         for i, feat in enumerate(feats):
             if i == self.fusion_level:
                 continue
-            feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=True)
+            if paddle.in_dynamic_mode():
+                feat = F.interpolate(feat, size=target.shape[2:], mode="bilinear", align_corners=True)
+            else:  # exported program: the same bilinear resize without an interpolation operator
+                feat = resize_bilinear_align_corners(feat, paddle.shape(target)[2], paddle.shape(target)[3])
             x = x + self.lateral_convs[i](feat)
         for conv in self.convs:
             x = conv(x)

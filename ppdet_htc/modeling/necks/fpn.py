@@ -3,10 +3,12 @@ from typing import List, Optional
 
 import paddle.nn as nn
 import paddle.nn.functional as F
-from paddle import ParamAttr
+from paddle import ParamAttr, in_dynamic_mode
 from paddle.nn.initializer import Constant, XavierUniform
 
+
 from ...core import register
+from ..layers import add, inference, upsample_nearest_2x
 from ..shape_spec import ShapeSpec
 
 __all__ = ["FPN"]
@@ -87,8 +89,13 @@ class FPN(nn.Layer):
 
     def forward(self, body_feats):
         laterals = [conv(f) for conv, f in zip(self.lateral_convs, body_feats)]
+        fast = inference(self)
         for lvl in range(len(laterals) - 1, 0, -1):
-            laterals[lvl - 1] = laterals[lvl - 1] + F.interpolate(laterals[lvl], scale_factor=2.0, mode="nearest")
+            if in_dynamic_mode():
+                up = F.interpolate(laterals[lvl], scale_factor=2.0, mode="nearest")
+            else:  # exported program: same values without an interpolation operator (see layers.py)
+                up = upsample_nearest_2x(laterals[lvl])
+            laterals[lvl - 1] = add(laterals[lvl - 1], up, fast)
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals)]
         for _ in range(self.extra_stage):
             outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))

@@ -70,11 +70,23 @@ class AnchorGenerator(nn.Layer):
         """Anchors ``[H_l, W_l, A, 4]`` for each feature map ``[B, C, H_l, W_l]``."""
         out = []
         for feat, base, stride in zip(feats, self.cell_anchors, self.strides):
-            h, w = feat.shape[2], feat.shape[3]
+            if paddle.in_dynamic_mode():
+                h, w = feat.shape[2], feat.shape[3]
+            else:  # exported (static) programs see -1 for the spatial size
+                h, w = paddle.shape(feat)[2], paddle.shape(feat)[3]
             shift_x = paddle.arange(w, dtype="float32") * stride + self.offset * stride
             shift_y = paddle.arange(h, dtype="float32") * stride + self.offset * stride
             sy, sx = paddle.meshgrid(shift_y, shift_x)
             shifts = paddle.stack([sx, sy, sx, sy], axis=-1)  # [H, W, 4]
-            anchors = shifts[:, :, None, :] + paddle.to_tensor(base)[None, None, :, :]
+            anchors = shifts[:, :, None, :] + _constant(base)[None, None, :, :]
             out.append(anchors)
         return out
+
+
+def _constant(array):
+    """A float32 tensor holding ``array``. In exported programs it is built from scalar fills: a constant
+    list becomes an operator with a float-array attribute that Paddle Inference's oneDNN backend rejects."""
+    if paddle.in_dynamic_mode():
+        return paddle.to_tensor(array)
+    flat = [paddle.full([1], float(v), dtype="float32") for v in np.asarray(array).reshape(-1)]
+    return paddle.concat(flat).reshape(list(np.asarray(array).shape))

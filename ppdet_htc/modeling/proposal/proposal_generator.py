@@ -58,6 +58,8 @@ def collect_top_proposals(rois, scores, nums, top_n):
     matrix (``N`` = all candidates of the batch, a shape known without a device sync), then ``topk``.
     Returns ``(rois [R,4], rois_num [B] int32)`` with each image's rows in descending score.
     """
+    if not paddle.in_dynamic_mode():
+        return _collect_top_proposals_static(rois, scores, nums, top_n)
     batch = nums[0].shape[0]
     width = sum(int(r.shape[0]) for r in rois)
     if width == 0:
@@ -87,3 +89,17 @@ def collect_top_proposals(rois, scores, nums, top_n):
     src = paddle.take_along_axis(row_of.reshape([batch, width]), top_idx, axis=1)
     src = paddle.masked_select(src, valid)
     return paddle.gather(all_rois, src), keep_num.astype("int32")
+
+
+def _collect_top_proposals_static(rois, scores, nums, top_n):
+    """``collect_top_proposals`` in an exported program, which takes one image per run.
+
+    The per-image counts that ``generate_proposals`` returns are not usable in PIR programs (their
+    declared and actual dtypes differ), and with one image they are just the row counts.
+    """
+    all_rois = paddle.concat(rois)
+    all_scores = paddle.concat(scores).astype("float32")
+    width = paddle.shape(all_scores)[0]
+    k = paddle.minimum(width, paddle.full([], int(top_n), dtype=width.dtype))
+    _, top_idx = paddle.topk(all_scores, k)
+    return paddle.gather(all_rois, top_idx), k.reshape([1]).astype("int32")

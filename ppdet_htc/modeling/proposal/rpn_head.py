@@ -8,6 +8,7 @@ from paddle import ParamAttr
 from paddle.nn.initializer import Constant, Normal
 
 from ...core import build_nested, register
+from ..layers import inference, relu
 from ..shape_spec import ShapeSpec, as_shape_list
 from .anchor_generator import AnchorGenerator
 from .proposal_generator import ProposalGenerator
@@ -32,7 +33,8 @@ class RPNFeat(nn.Layer):
         self.rpn_conv = _conv(ch_in, ch_out, 3)
 
     def forward(self, feats):
-        return [F.relu(self.rpn_conv(f)) for f in feats]
+        fast = inference(self)
+        return [relu(self.rpn_conv(f), fast) for f in feats]
 
 
 def smooth_l1(diff, beta):

@@ -1,0 +1,301 @@
+"""Training loop: one process or many (``paddle.distributed.launch``), exact resume, safe snapshots.
+
+Reproducibility: the data order/augmentation is a function of (seed, epoch, index) (see the reader) and
+Paddle's RNG (RoI sampling) is re-seeded from (seed, global iteration, rank) at every iteration, so a
+run resumed from a snapshot continues with exactly the losses of an uninterrupted run.
+"""
+import collections
+import datetime
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import paddle
+
+from ..core import create
+from ..data.loader import build_reader
+from . import distributed
+from .model_builder import build_model, load_model_weights, select_device
+from .train_state import load_snapshot, save_snapshot, snapshot_paths
+
+__all__ = ["Trainer", "NonFiniteLossError"]
+
+logger = logging.getLogger(__name__)
+
+# Layers whose shape depends on num_classes: a fine-tuning checkpoint with another class count skips them.
+CLASS_DEPENDENT = ("bbox_score_stage", "conv_logits")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN/inf; the message names the iteration and the last good snapshot."""
+
+
+class SmoothedValue(object):
+    """Median of the last ``window`` values (what the log shows) and the global average."""
+
+    def __init__(self, window=20):
+        self.values = collections.deque(maxlen=window)
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, v):
+        self.values.append(v)
+        self.total += v
+        self.count += 1
+
+    @property
+    def median(self):
+        return float(np.median(self.values)) if self.values else 0.0
+
+
+class Trainer(object):
+    """Builds model, reader, optimizer and schedule from a config and runs ``train()``.
+
+    Options: ``eval_each_snapshot`` (``--eval``: COCO eval after each snapshot, keep ``best_model``),
+    ``resume`` (snapshot prefix), ``amp``, ``seed``, ``max_iters`` (stop early with a resumable snapshot),
+    ``use_vdl`` / ``vdl_log_dir`` (VisualDL scalars), ``output_dir`` (default ``save_dir/filename``).
+    """
+
+    def __init__(self, cfg, eval_each_snapshot=False, resume=None, amp=False, seed=0, max_iters=None,
+                 use_vdl=False, vdl_log_dir=None, output_dir=None, device=None, progress=True):
+        self.cfg = cfg
+        self.eval_each_snapshot = eval_each_snapshot
+        self.seed = int(seed)
+        self.max_iters = max_iters if max_iters is not None else cfg.get("max_iters")
+        self.progress = progress
+        self.rank, self.world_size = distributed.init()
+        self.device = select_device(cfg, device)
+        self.output_dir = output_dir or os.path.join(cfg.get("save_dir", "output"), cfg.get("filename", "model"))
+        self.log_iter = int(cfg.get("log_iter", 20))
+        self.snapshot_epoch = int(cfg.get("snapshot_epoch", 1))
+        self.epochs = int(cfg.get("epoch", 12))
+
+        paddle.seed(self.seed)
+        distributed.convert_sync_bn_if_needed(cfg, self.world_size, self.device)
+        self.model = build_model(cfg)
+        self.reader = build_reader(cfg, "train", seed=self.seed, rank=self.rank, world_size=self.world_size)
+        self.steps_per_epoch = len(self.reader)
+        total_bs = self.reader.batch_size * self.world_size
+        lr_cfg = create("LearningRate", cfg)
+        self.scheduler = lr_cfg(self.steps_per_epoch, total_bs)
+        if lr_cfg.auto_scale:
+            logger.info("LearningRate.auto_scale: base_lr %.5g x %d images per step / %d = %.5g", lr_cfg.base_lr,
+                        total_bs, lr_cfg.base_batch_size, self.scheduler.base_lr)
+        else:
+            logger.info("base_lr %.5g for %d images per step (%d per process x %d processes); "
+                        "set LearningRate.auto_scale: true to scale it linearly", self.scheduler.base_lr,
+                        total_bs, self.reader.batch_size, self.world_size)
+        self.optimizer = create("OptimizerBuilder", cfg)(self.scheduler, self.model)
+
+        self.start_epoch, self.start_iter, self.global_iter, self.best_ap = 0, 0, 0, -1.0
+        if resume:
+            prog = load_snapshot(resume, self.model, self.optimizer)
+            self.start_epoch = int(prog.get("epoch", 0))
+            self.start_iter = int(prog.get("iter_in_epoch", 0))
+            self.global_iter = int(prog.get("global_iter", self.start_epoch * self.steps_per_epoch))
+            self.best_ap = float(prog.get("best_ap", -1.0))
+            if int(prog.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
+                logger.warning("resuming with %d steps per epoch (snapshot had %s): the schedule shifts",
+                               self.steps_per_epoch, prog.get("steps_per_epoch"))
+        elif cfg.get("pretrain_weights"):
+            self._load_pretrain(cfg["pretrain_weights"])
+
+        self.amp = bool(amp)
+        self.scaler = None
+        if self.amp:
+            if self.device == "cpu":
+                logger.warning("--amp needs a GPU; training in float32 on the CPU")
+                self.amp = False
+            else:
+                self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024)
+        self.train_model = distributed.wrap(self.model, self.world_size, cfg)
+        self.vdl = distributed.vdl_writer(use_vdl, vdl_log_dir, self.rank)
+
+    # ------------------------------------------------------------------------------------ weights
+
+    def _load_pretrain(self, spec):
+        report = load_model_weights(self.model, spec, pretrain=True, progress=self.progress)
+        reinit = [k for k, *_ in report.get("shape", []) if any(c in k for c in CLASS_DEPENDENT)]
+        if reinit:
+            logger.info("fine-tuning: %d class-dependent tensors have another shape in %s and keep their new "
+                        "initialisation: %s", len(reinit), spec, ", ".join(reinit))
+        return report
+
+    # ------------------------------------------------------------------------------------ snapshots
+
+    def _progress(self, epoch, iter_in_epoch):
+        return {"epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": self.global_iter,
+                "best_ap": self.best_ap, "steps_per_epoch": self.steps_per_epoch, "seed": self.seed}
+
+    def save(self, name, epoch, iter_in_epoch):
+        """Rank 0 writes ``<output_dir>/<name>.pdparams/.pdopt`` atomically; returns the prefix."""
+        prefix = os.path.join(self.output_dir, name)
+        distributed.broadcast_buffers(self.model, self.world_size)
+        if self.rank == 0:
+            save_snapshot(prefix, self.model, self.optimizer, self._progress(epoch, iter_in_epoch))
+            logger.info("saved snapshot %s", snapshot_paths(prefix)[0])
+        distributed.barrier(self.world_size)
+        self.last_snapshot = prefix
+        return prefix
+
+    # ------------------------------------------------------------------------------------ loop
+
+    def _iteration_seed(self):
+        return (self.seed * 1000003 + self.global_iter * 7919 + self.rank * 104729) % (2 ** 31 - 1)
+
+    def _check_finite(self, losses, epoch, it):
+        values = {k: float(v) for k, v in losses.items()}
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if bad:
+            raise NonFiniteLossError(
+                "non-finite loss at epoch {} iteration {} (global iteration {}): {}. Training stopped; the last "
+                "good snapshot is {}. Lower the learning rate or enable gradient clipping "
+                "(OptimizerBuilder.clip_grad_by_norm).".format(
+                    epoch, it, self.global_iter, ", ".join("{}={}".format(k, v) for k, v in bad.items()),
+                    snapshot_paths(self.last_snapshot)[0] if self.last_snapshot else "none (nothing saved yet)"))
+        return values
+
+    def train(self):
+        """Run the schedule; returns the list of loss dicts (one per iteration, this rank's values).
+
+        Stops early (with a resumable ``last`` snapshot) at ``max_iters`` or on Ctrl-C; a second Ctrl-C
+        aborts at once. Ctrl-C is acted on between iterations, so the snapshot is always consistent.
+        """
+        self.last_snapshot = None
+        self._stop_requested = False
+        os.makedirs(self.output_dir, exist_ok=True)
+        history = []
+        total_iters = self.epochs * self.steps_per_epoch
+        if self.max_iters is not None:
+            total_iters = min(total_iters, int(self.max_iters))
+        meters = collections.defaultdict(SmoothedValue)
+        t_start = time.time()
+        iters_this_run = 0
+        self.train_model.train()
+        previous_handler = _install_sigint(self)
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                self.reader.set_epoch(epoch)
+                first = self.start_iter if epoch == self.start_epoch else 0
+                t_data = time.time()
+                for it, batch in enumerate(self.reader.iter_from(first), start=first):
+                    if self._stop_requested or self.global_iter >= total_iters:
+                        return self._stop(history, epoch, it)
+                    data_time = time.time() - t_data
+                    paddle.seed(self._iteration_seed())
+                    values = self._check_finite(self._step(batch), epoch, it)
+                    history.append(values)
+                    for k, v in values.items():
+                        meters[k].update(v)
+                    meters["data_time"].update(data_time)
+                    self.global_iter += 1
+                    iters_this_run += 1
+                    if self.global_iter % self.log_iter == 0 or self.global_iter == total_iters:
+                        self._log(epoch, it, meters, t_start, iters_this_run, total_iters)
+                    t_data = time.time()
+                self._end_of_epoch(epoch)
+                if self._stop_requested or (self.global_iter >= total_iters and epoch + 1 < self.epochs):
+                    return self._stop(history, epoch + 1, 0)
+            return history
+        finally:
+            _restore_sigint(previous_handler)
+            if self.vdl is not None:
+                self.vdl.close()
+
+    def _stop(self, history, epoch, it):
+        prefix = self.save("last", epoch, it)
+        why = "interrupted" if self._stop_requested else "reached max_iters"
+        logger.warning("%s at global iteration %d; resume with -r %s", why, self.global_iter, prefix)
+        if self._stop_requested:
+            raise KeyboardInterrupt("training interrupted; resumable snapshot {}".format(prefix))
+        return history
+
+    def _step(self, batch):
+        if self.amp:
+            with paddle.amp.auto_cast(level="O1"):
+                losses = self.train_model(batch)
+            scaled = self.scaler.scale(losses["loss"])
+            scaled.backward()
+            self.scaler.minimize(self.optimizer, scaled)
+        else:
+            losses = self.train_model(batch)
+            losses["loss"].backward()
+            self.optimizer.step()
+        self.optimizer.clear_grad()
+        self.scheduler.step()
+        return losses
+
+    def _end_of_epoch(self, epoch):
+        last = epoch + 1 == self.epochs
+        if not last and (epoch + 1) % self.snapshot_epoch != 0:
+            return
+        self.save("model_final" if last else str(epoch), epoch + 1, 0)
+        if last:
+            self.save("last", epoch + 1, 0)
+        if self.eval_each_snapshot:
+            self._evaluate(epoch)
+
+    def _evaluate(self, epoch):
+        from .evaluator import evaluate
+
+        out = os.path.join(self.output_dir, "eval_epoch{}".format(epoch))
+        distributed.broadcast_buffers(self.model, self.world_size)  # every rank evaluates rank 0's model
+        metrics = evaluate(self.cfg, model=self.model, output_eval=out, progress=self.progress, rank=self.rank,
+                           world_size=self.world_size)
+        if self.rank != 0:  # rank 0 scores and writes; the others wait for it (no collective timeout)
+            distributed.barrier(self.world_size)
+            return None
+        ap = metrics["bbox"]["AP"]
+        if self.vdl is not None:
+            for t in ("bbox", "segm"):
+                self.vdl.add_scalar("eval/{}_AP".format(t), metrics[t]["AP"] * 100, self.global_iter)
+        if ap >= self.best_ap:
+            self.best_ap = ap
+            prefix = os.path.join(self.output_dir, "best_model")
+            save_snapshot(prefix, self.model, self.optimizer, self._progress(epoch + 1, 0))
+            logger.info("best bbox AP so far: %.2f (epoch %d) -> %s", ap * 100, epoch, snapshot_paths(prefix)[0])
+        distributed.barrier(self.world_size)
+        return metrics
+
+    def _log(self, epoch, it, meters, t_start, iters_this_run, total_iters):
+        elapsed = time.time() - t_start
+        sec_per_iter = elapsed / max(iters_this_run, 1)
+        eta = datetime.timedelta(seconds=int(sec_per_iter * max(total_iters - self.global_iter, 0)))
+        ips = self.reader.batch_size * self.world_size / max(sec_per_iter, 1e-9)
+        losses = " ".join("{}: {:.4f}".format(k, m.median) for k, m in meters.items() if k.startswith("loss"))
+        lr = self.optimizer.get_lr()
+        logger.info("epoch %d/%d iter %d/%d (global %d) lr %.6f %s | %.2f images/s data %.3fs eta %s",
+                    epoch, self.epochs, it + 1, self.steps_per_epoch, self.global_iter, lr, losses, ips,
+                    meters["data_time"].median, eta)
+        if self.vdl is not None:
+            for k, m in meters.items():
+                if k.startswith("loss"):
+                    self.vdl.add_scalar("train/" + k, m.median, self.global_iter)
+            self.vdl.add_scalar("train/lr", lr, self.global_iter)
+
+
+def _install_sigint(trainer):
+    """First Ctrl-C: finish the current iteration, save, stop. Second Ctrl-C: abort immediately."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if trainer._stop_requested:
+            raise KeyboardInterrupt
+        trainer._stop_requested = True
+        logger.warning("Ctrl-C: stopping after this iteration and saving a snapshot (Ctrl-C again to abort)")
+
+    return signal.signal(signal.SIGINT, handler)
+
+
+def _restore_sigint(previous):
+    import signal
+    import threading
+
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,118 @@
+"""Export to Paddle Inference: the exported program gives the dynamic model's detections and masks."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+
+from ppdet_htc.cli import export_main, infer_main
+from ppdet_htc.engine.checkpoint import save_state_file
+from ppdet_htc.core import load_config
+from ppdet_htc.engine.model_builder import build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(REPO, "tests", "fixtures", "htc_tiny.yml")
+DEPLOY = os.path.join(REPO, "deploy", "python")
+
+
+def _images(folder):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (h, w) in enumerate([(150, 200), (170, 130), (120, 180)]):
+        img = cv2.resize(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8), (w, h))
+        cv2.circle(img, (w // 2, h // 2), min(h, w) // 4, (250, 30, 30), -1)
+        p = os.path.join(folder, "img{}.png".format(i))
+        cv2.imwrite(p, img)
+        paths.append(p)
+    blank = os.path.join(folder, "blank.png")
+    cv2.imwrite(blank, np.full((140, 160, 3), 127, np.uint8))
+    return paths + [blank]
+
+
+def _border(mask):
+    """Pixels whose 3x3 neighbourhood is not uniform in ``mask`` (where rounding may flip a pixel)."""
+    m = mask.astype(np.uint8)
+    dil = cv2.dilate(m, np.ones((3, 3), np.uint8))
+    ero = cv2.erode(m, np.ones((3, 3), np.uint8))
+    return dil != ero
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    import paddle
+
+    paddle.seed(1)
+    model = build_model(load_config(TINY))
+    weights = str(tmp / "tiny.pdparams")
+    save_state_file(weights, model.state_dict())
+    # A score threshold that random weights pass on textured images but not on the blank one.
+    opts = ["weights=" + weights, "BBoxPostProcess.nms.score_threshold=0.18", "TestDataset.anno_path=null"]
+    out = export_main(["-c", TINY, "--output_dir", str(tmp / "inference"), "-o"] + opts)
+    images = _images(str(tmp))
+    dyn_dir = tmp / "dynamic"
+    infer_main(["-c", TINY, "--infer_dir", str(tmp), "--output_dir", str(dyn_dir), "-o"] + opts)
+    return {"model_dir": out, "images": images, "dynamic": json.load(open(dyn_dir / "results.json")), "tmp": tmp}
+
+
+def test_export_writes_program_params_and_infer_cfg(exported):
+    files = os.listdir(exported["model_dir"])
+    assert "model.pdiparams" in files and ("model.json" in files or "model.pdmodel" in files)
+    import yaml
+
+    cfg = yaml.safe_load(open(os.path.join(exported["model_dir"], "infer_cfg.yml")))
+    assert [s["type"] for s in cfg["Preprocess"]] == ["Resize", "NormalizeImage", "Permute", "PadStride"]
+    assert len(cfg["label_list"]) == 5 and cfg["draw_threshold"] == 0.5
+
+
+def test_deploy_predictor_matches_dynamic_model(exported):
+    import sys
+
+    sys.path.insert(0, DEPLOY)
+    try:
+        import infer as deploy_infer
+    finally:
+        sys.path.remove(DEPLOY)
+    out = exported["tmp"] / "deployed"
+    deploy_infer.main(["--model_dir", exported["model_dir"], "--image_dir", str(exported["tmp"]),
+                       "--output_dir", str(out)])
+    static = json.load(open(out / "results.json"))
+    dynamic = exported["dynamic"]
+    by_file = lambda recs: {f: [r for r in recs if r["file_name"] == f] for f in {r["file_name"] for r in recs}}
+    s_files, d_files = by_file(static), by_file(dynamic)
+    assert "blank.png" not in d_files and "blank.png" not in s_files  # an image with no detection works
+    assert set(s_files) == set(d_files) and len(d_files) == 3
+    for f in d_files:
+        d = sorted(d_files[f], key=lambda r: (-r["score"], r["bbox"][0]))
+        s = sorted(s_files[f], key=lambda r: (-r["score"], r["bbox"][0]))
+        assert len(d) == len(s), f
+        for a, b in zip(d, s):
+            assert a["category_id"] == b["category_id"]
+            assert abs(a["score"] - b["score"]) <= 1e-4
+            assert np.abs(np.array(a["bbox"]) - np.array(b["bbox"])).max() <= 1e-3
+            ma, mb = mask_util.decode(a["segmentation"]), mask_util.decode(b["segmentation"])
+            diff = ma != mb
+            assert not (diff & ~_border(ma)).any(), "masks differ away from the mask border"
+            assert diff.sum() <= max(2, 0.01 * ma.sum())
+    assert os.path.isfile(out / "img0.png")  # the drawn picture
+
+
+def test_deploy_with_onednn_runs_and_agrees_closely(exported):
+    """oneDNN kernels are faster but not bit-identical: the confident detections must agree."""
+    import sys
+
+    sys.path.insert(0, DEPLOY)
+    try:
+        import infer as deploy_infer
+    finally:
+        sys.path.remove(DEPLOY)
+    recs = deploy_infer.main(["--model_dir", exported["model_dir"], "--image_dir", str(exported["tmp"]),
+                              "--enable_mkldnn", "--cpu_threads", "1"])
+    dynamic = exported["dynamic"]
+    top = lambda rs, f: max((r for r in rs if r["file_name"] == f), key=lambda r: r["score"])
+    for f in {r["file_name"] for r in dynamic}:
+        a, b = top(dynamic, f), top(recs, f)
+        assert a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) < 0.02
+        assert np.abs(np.array(a["bbox"]) - np.array(b["bbox"])).max() < 1.0
