@@ -259,8 +259,9 @@ def _phase_order(name):
     return _ORDER.index(name) if name in _ORDER else len(_ORDER)
 
 
-def _synthetic_train_batch(batch_size, image_size, num_classes, seed=0):
-    """A training batch with random images and 1-6 polygon objects per image (input scale)."""
+def _synthetic_train_batch(batch_size, image_size, num_classes, seed=0, semantic_classes=None):
+    """A training batch with random images and 1-6 polygon objects per image (input scale), plus
+    stride-8 semantic labels when the model has a semantic head."""
     rng = np.random.default_rng(seed)
     h, w = image_size
     hp, wp = int(np.ceil(h / 32) * 32), int(np.ceil(w / 32) * 32)
@@ -279,6 +280,9 @@ def _synthetic_train_batch(batch_size, image_size, num_classes, seed=0):
         batch["gt_bbox"].append(paddle.to_tensor(boxes))
         batch["gt_class"].append(paddle.to_tensor(rng.integers(0, num_classes, (n, 1)).astype(np.int32)))
         batch["gt_poly"].append(polys)
+    if semantic_classes:
+        sem = rng.integers(0, semantic_classes, size=(batch_size, 1, hp // 8, wp // 8)).astype(np.int32)
+        batch["semantic"] = paddle.to_tensor(sem)
     return batch
 
 
@@ -289,13 +293,13 @@ def benchmark_training(cfg, image_size=(800, 1333), batch_size=2, iters=5, warmu
     device = select_device(cfg, device)
     paddle.seed(0)
     model = build_model(cfg)
-    if model.with_semantic:
-        raise ValueError("benchmark_training: use a config without the semantic head (or add semantic labels)")
     model.train()
+    sem_classes = model.fused_semantic_head.conv_logits.weight.shape[0] if model.with_semantic else None
     sched = create("LearningRate", cfg)(1000)
     opt = create("OptimizerBuilder", cfg)(sched, model)
     num_classes = int(cfg.get("num_classes", 80))
-    batches = [_synthetic_train_batch(batch_size, image_size, num_classes, seed=i) for i in range(2)]
+    batches = [_synthetic_train_batch(batch_size, image_size, num_classes, seed=i, semantic_classes=sem_classes)
+               for i in range(2)]
     times = []
     for i in range(warmup + iters):
         t0 = time.perf_counter()
