@@ -51,3 +51,17 @@ def test_benchmark_cli_writes_json(tmp_path, capsys):
     assert data["training"]["train_images_per_s"] > 0
     assert set(data["latency_ms"]) == {"median", "min", "max"}
     assert "overhead" in capsys.readouterr().out
+
+
+def test_benchmark_training_with_semantic_head_uses_random_semantic_labels():
+    from ppdet_htc.core import merge_config
+    from ppdet_htc.engine.benchmark import _synthetic_train_batch, benchmark_training
+
+    cfg = load_config(TINY)
+    merge_config(cfg, {"HybridTaskCascade": {"fused_semantic_head": "FusedSemanticHead"},
+                       "FusedSemanticHead": {"semantic_num_class": 7}})
+    batch = _synthetic_train_batch(1, (128, 160), 5, semantic_classes=7)
+    sem = batch["semantic"].numpy()
+    assert sem.shape == (1, 1, 128 // 8, 160 // 8) and sem.min() >= 0 and sem.max() < 7
+    res = benchmark_training(cfg, image_size=(128, 160), batch_size=1, iters=1, warmup=1)
+    assert res["train_images_per_s"] > 0 and res["seconds_per_iter"]["median"] > 0
