@@ -22,3 +22,15 @@ def test_shipped_demo_checkpoint_keeps_its_ap(tmp_path):
     # The recorded run met the demo's bar (box AP 50 / mask AP 45).
     assert recorded["bbox_ap"] >= 50.0 and recorded["mask_ap"] >= 45.0
     assert json.load(open(tmp_path / "metrics.json"))["bbox"]["AP"] == pytest.approx(metrics["bbox"]["AP"])
+
+
+def test_model_zoo_and_weights_readme_state_the_recorded_demo_numbers():
+    from ppdet_htc.utils.model_zoo import load_manifest
+
+    recorded = json.load(open(RECORD))
+    entry = {e["name"]: e for e in load_manifest()}["htc_r18_demo_shapes"]
+    assert entry["metrics"]["bbox_ap"] == recorded["bbox_ap"] and entry["metrics"]["mask_ap"] == recorded["mask_ap"]
+    readme = open(os.path.join(REPO, "weights", "README.md")).read()
+    row = next(line for line in readme.splitlines() if line.startswith("| `htc_r18_demo_shapes` |"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[4:6] == [str(recorded["bbox_ap"]), str(recorded["mask_ap"])]

@@ -39,7 +39,13 @@ def roi_align(feat, boxes, boxes_num, output_size, spatial_scale, sampling_ratio
     ``aligned=True`` shifts by half a pixel; ``sampling_ratio<=0`` samples ``ceil(roi/P)`` points per bin.
     A RoI of zero width or height gives NaN on Paddle's CPU kernel (0 on GPU); the reference ran on the
     same kernels, so this is kept (such boxes end up degenerate and are dropped after NMS).
+    An inverted box (x2 < x1 or y2 < y1), which would abort the process inside Paddle's CPU kernel, is
+    treated as a zero-size box at its (x1, y1) corner; valid boxes are passed through unchanged. (Only
+    in dynamic mode: the model never makes inverted boxes, and in exported programs the extra ops trip
+    a oneDNN crash.)
     """
+    if paddle.in_dynamic_mode():
+        boxes = paddle.concat([boxes[:, :2], paddle.maximum(boxes[:, 2:], boxes[:, :2])], axis=1)
     return vops.roi_align(
         feat,
         boxes,

@@ -159,3 +159,14 @@ def test_mask_logits_follow_num_classes_and_semantic_head_runs():
     with paddle.no_grad():
         out = model(make_inputs(128, 192))
     check_output_contract(out, 1, 5)
+
+
+@pytest.mark.parametrize("shape,size", [((3, 4, 14, 14), [7, 7]), ((2, 3, 14, 10), [7, 5]), ((2, 3, 13, 14), [7, 7])])
+def test_semantic_box_pooling_equals_adaptive_average_pooling(shape, size):
+    import paddle.nn.functional as F
+
+    from ppdet_htc.modeling.heads.htc_bbox_head import _average_pool_to
+
+    x = paddle.to_tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"))
+    np.testing.assert_allclose(_average_pool_to(x, size).numpy(), F.adaptive_avg_pool2d(x, size).numpy(),
+                               rtol=0, atol=1e-6)

@@ -71,6 +71,7 @@ DEGENERATE = np.array(
         [4.0, 9.0, 30.0, 9.0],  # zero height
         [32.0, 24.0, 12.0, 8.0],  # inverted
         [10.0, 10.0, 5.0, 20.0],  # inverted in x only
+        [60.0, 50.0, 4.0, 2.0],  # inverted by more than a bin: aborts Paddle's CPU kernel unless clamped
     ],
     np.float32,
 )

@@ -45,6 +45,16 @@ class TwoFCHead(nn.Layer):
         return relu(self.fc7(relu(self.fc6(x), fast)), fast)
 
 
+def _average_pool_to(x, size):
+    """``adaptive_avg_pool2d(x, size)``; for an exact integer factor (14 -> 7) the same bins through the
+    faster fixed-window ``avg_pool2d``."""
+    h, w = x.shape[2], x.shape[3]
+    if h % size[0] == 0 and w % size[1] == 0:
+        k = [h // size[0], w // size[1]]
+        return F.avg_pool2d(x, kernel_size=k, stride=k)
+    return F.adaptive_avg_pool2d(x, size)
+
+
 @register
 class HybridTaskCascadeTwoFCHead(nn.Layer):
     """One two-FC box head per cascade stage (``head.{t}.fc6`` / ``head.{t}.fc7``)."""
@@ -171,7 +181,7 @@ class HybridTaskCascadeHead(nn.Layer):
             sem_feat, sem_scale = semantic
             s = self.semantic_roi_extractor([sem_feat], rois, rois_num, spatial_scale=sem_scale)
             if s.shape[2:] != x.shape[2:]:
-                s = F.adaptive_avg_pool2d(s, x.shape[2:])
+                s = _average_pool_to(s, x.shape[2:])
             x = x + s
         return x
 

@@ -3,10 +3,10 @@ from typing import List
 
 import numpy as np
 import paddle
-import pycocotools.mask as mask_util
 
 from ...core import register
 from ..proposal.target_assign import label_anchors, sample_labels
+from .mask_targets import bitmap_mask_targets, polygon_mask_targets
 
 __all__ = ["BBoxAssigner", "MaskAssigner", "SampledRoIs"]
 
@@ -111,42 +111,6 @@ class BBoxAssigner(object):
         return res
 
 
-def polygons_to_mask(polys, box, resolution):
-    """Rasterise one object's polygons into the ``resolution``-square grid of ``box`` (pycocotools).
-
-    Coordinates are shifted by the box corner and scaled by ``resolution / max(size, 0.1)``
-    (float64), as the reference does.
-    """
-    x1, y1, x2, y2 = [float(v) for v in box]
-    w = max(x2 - x1, 0.1)
-    h = max(y2 - y1, 0.1)
-    scaled = []
-    for p in polys:
-        p = np.asarray(p, dtype=np.float64).reshape(-1, 2).copy()
-        p[:, 0] = (p[:, 0] - x1) * (resolution / w)
-        p[:, 1] = (p[:, 1] - y1) * (resolution / h)
-        scaled.append(p.reshape(-1).tolist())
-    if not scaled:
-        return np.zeros((resolution, resolution), dtype=np.float32)
-    rles = mask_util.frPyObjects(scaled, resolution, resolution)
-    return mask_util.decode(mask_util.merge(rles)).astype(np.float32)
-
-
-def bitmap_to_mask(bitmap, box, resolution):
-    """Crop a full-image binary mask to ``box`` and resample it to ``resolution`` (bilinear, >= 0.5)."""
-    import cv2
-
-    x1, y1, x2, y2 = [float(v) for v in box]
-    w = max(x2 - x1, 0.1)
-    h = max(y2 - y1, 0.1)
-    # Affine map from target pixel centres to source coordinates (same convention as RoIAlign).
-    mat = np.array([[w / resolution, 0, x1 + 0.5 * w / resolution - 0.5],
-                    [0, h / resolution, y1 + 0.5 * h / resolution - 0.5]], dtype=np.float64)
-    out = cv2.warpAffine(bitmap.astype(np.float32), mat, (resolution, resolution),
-                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
-    return (out >= 0.5).astype(np.float32)
-
-
 @register
 class MaskAssigner(object):
     """Mask targets for the foreground RoIs of a stage: the matched object's mask in the RoI's
@@ -165,28 +129,31 @@ class MaskAssigner(object):
         """
         labels = sampled.labels
         fg = paddle.logical_and(labels >= 0, labels < self.num_classes)
-        counts = [int(n) for n in sampled.rois_num.numpy()]
+        counts = sampled.rois_num.numpy().astype(np.int64)
         fg_np = fg.numpy()
-        rois_np = sampled.rois.numpy()
-        gt_idx = sampled.gt_index.numpy()
-        masks, nums = [], []
-        start = 0
-        for img, n in enumerate(counts):
-            sel = np.nonzero(fg_np[start:start + n])[0] + start
-            for r in sel:
-                segm = gt_segms[img][int(gt_idx[r])]
-                if isinstance(segm, np.ndarray):
-                    masks.append(bitmap_to_mask(segm, rois_np[r], self.mask_resolution))
-                else:
-                    masks.append(polygons_to_mask(segm, rois_np[r], self.mask_resolution))
-            nums.append(len(sel))
-            start += n
-        index = paddle.nonzero(fg).reshape([-1])
+        image_of = np.repeat(np.arange(len(counts)), counts)[fg_np]
+        gt_of = sampled.gt_index.numpy()[fg_np]
+        boxes = sampled.rois.numpy()[fg_np]
         res = self.mask_resolution
-        mask_t = paddle.to_tensor(np.stack(masks) if masks else np.zeros((0, res, res), np.float32))
+        masks = np.zeros((len(boxes), res, res), np.float32)
+        for img in np.unique(image_of):  # one batched call per image and annotation kind
+            segms = gt_segms[img]
+            sel = np.nonzero(image_of == img)[0]
+            is_bitmap = np.array([isinstance(sg, np.ndarray) for sg in segms], dtype=bool)[gt_of[sel]]
+            poly_rois = sel[~is_bitmap]
+            if len(poly_rois):
+                masks[poly_rois] = polygon_mask_targets(segms, gt_of[poly_rois], boxes[poly_rois], res)
+            bitmap_rois = sel[is_bitmap]
+            if len(bitmap_rois):
+                objs, local = np.unique(gt_of[bitmap_rois], return_inverse=True)
+                stack = np.stack([segms[g] for g in objs])
+                masks[bitmap_rois] = bitmap_mask_targets(stack, local, boxes[bitmap_rois], res)
+        nums = np.bincount(image_of, minlength=len(counts)).astype(np.int32)
+        index = paddle.nonzero(fg).reshape([-1])
+        mask_t = paddle.to_tensor(masks)
         return (
             paddle.gather(sampled.rois, index),
-            paddle.to_tensor(np.asarray(nums, dtype="int32")),
+            paddle.to_tensor(nums),
             paddle.gather(labels, index),
             mask_t,
         )
