@@ -137,7 +137,7 @@ def run(predictor, image, im_shape, scale):
         handle.copy_from_cpu(np.ascontiguousarray(inputs[name]))
     predictor.run()
     outs = [predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()]
-    bbox, bbox_num, masks = outs[0], outs[1], outs[2] if len(outs) > 2 else None
+    bbox, masks = outs[0], (outs[2] if len(outs) > 2 else None)  # outs[1] (bbox_num) counts the rows
     # The program always ends with a placeholder row (score -1) so that no tensor is ever empty.
     keep = bbox[:, 1] >= 0
     bbox = bbox[keep]

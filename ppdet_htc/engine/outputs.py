@@ -1,6 +1,5 @@
 """Turn the model's batched output tensors into one plain numpy dict per image."""
 import numpy as np
-import paddle
 
 __all__ = ["split_outputs"]
 
@@ -14,11 +13,7 @@ def split_outputs(outputs, im_ids=None):
     bbox = outputs["bbox"].numpy()
     nums = outputs["bbox_num"].numpy().astype(np.int64)
     masks = outputs.get("mask")
-    if masks is not None:
-        # Transposed on the device (as cheap as the plain copy), the host array [K,W,H] viewed as [K,H,W]:
-        # each image's masks are then already in the column-major [h,w,k] layout pycocotools encodes,
-        # which saves a full-size copy per image when converting to COCO results.
-        masks = np.transpose(paddle.transpose(masks, [0, 2, 1]).numpy(), (0, 2, 1))
+    masks = masks.numpy() if masks is not None else None
     shapes = outputs["origin_shape"].numpy().astype(np.int64)
     if im_ids is not None:
         im_ids = np.asarray(im_ids.numpy() if hasattr(im_ids, "numpy") else im_ids).reshape(-1)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
@@ -122,17 +123,23 @@ def _category_ids(labels, mapping, im_id):
 
 
 def _encode_masks(masks):
-    """RLE-encode all masks of one image in a single pycocotools call (``encode`` takes [h, w, k]).
+    """RLE-encode all masks of one image in a single pycocotools call.
 
-    0/1 uint8 (or bool) masks, what the model returns, are reordered with a single copy; other values
-    are binarised first.
+    ``encode`` wants a column-major ``[h, w, k]`` array, i.e. each mask transposed in memory. A whole-array
+    numpy transpose of ``k`` full-image masks is slow (strided copy of hundreds of MB at 800x1333); OpenCV's
+    blocked 2-D transpose per mask into one ``[k, w, h]`` buffer does the same copy several times faster.
+    0/1 uint8 (or bool) masks, what the model returns, are used as they are; other values are binarised.
     """
     if masks.dtype == np.bool_:
         masks = masks.view(np.uint8)
     elif masks.dtype != np.uint8 or (masks.size and masks.max() > 1):
         masks = (masks != 0).astype(np.uint8)
-    binary = np.asfortranarray(np.transpose(masks, (1, 2, 0)))
-    rles = mask_util.encode(binary)
+    k, h, w = masks.shape
+    columns = np.empty((k, w, h), dtype=np.uint8)
+    if h and w:
+        for i in range(k):  # one native call per mask; the buffer is written in place
+            cv2.transpose(masks[i], columns[i])
+    rles = mask_util.encode(np.transpose(columns, (2, 1, 0)))  # [h, w, k], Fortran-contiguous: no copy
     for rle in rles:
         rle["counts"] = rle["counts"].decode("utf-8")
     return rles

@@ -353,3 +353,16 @@ def test_format_table_lists_twelve_lines_in_percent(gt_path, tmp_path, capsys):
     assert f"{100 * result['segm_classwise']['dog']:5.1f}" in text
     metric.log()
     assert capsys.readouterr().out.strip().endswith(lines[-1].strip())
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.bool_])
+def test_encode_masks_equals_plain_pycocotools_encode(dtype):
+    rng = np.random.default_rng(3)
+    full = (rng.random((5, 37, 53)) < 0.3).astype(dtype)
+    full[0] = 0  # an empty mask
+    for masks in (full, full[:, :30, :41]):  # contiguous, and a cropped (strided) view as split_outputs makes
+        want = mask_util.encode(np.asfortranarray(np.transpose(masks.astype(np.uint8), (1, 2, 0))))
+        got = coco_eval._encode_masks(masks)
+        assert [g["size"] for g in got] == [w["size"] for w in want]
+        assert [g["counts"] for g in got] == [w["counts"].decode() for w in want]
+    assert coco_eval._encode_masks(np.zeros((0, 10, 12), np.uint8)) == []
