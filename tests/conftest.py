@@ -14,6 +14,16 @@ SHARED_REFERENCE = os.path.normpath(os.path.join(REPO_ROOT, "..", "shared", "ref
 
 
 @pytest.fixture(autouse=True)
+def _ppdet_htc_logs_reach_caplog():
+    """The CLI's ``setup_logger`` stops ``ppdet_htc`` records from propagating (no duplicate lines); pytest's
+    ``caplog`` listens on the root logger, so tests get propagation back."""
+    import logging
+
+    logging.getLogger("ppdet_htc").propagate = True
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)
     np.random.seed(0)

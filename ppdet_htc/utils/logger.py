@@ -11,6 +11,9 @@ def setup_logger(level=logging.INFO, log_file=None):
     rank = int(os.environ.get("PADDLE_TRAINER_ID", os.environ.get("RANK", "0")) or 0)
     logger = logging.getLogger("ppdet_htc")
     logger.setLevel(level if rank == 0 else logging.WARNING)
+    # Our handler prints the records. Paddle installs a handler on the root logger when it is imported;
+    # propagating there would print every line a second time in another format.
+    logger.propagate = False
     fmt = logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S")
     if not any(getattr(h, "_ppdet_htc", False) for h in logger.handlers):
         h = logging.StreamHandler(sys.stdout)

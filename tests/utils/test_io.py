@@ -68,3 +68,24 @@ def test_bad_mode_is_rejected(tmp_path):
         with atomic_write(tmp_path / "x", mode="a"):
             pass
     assert os.listdir(tmp_path) == []
+
+
+def test_setup_logger_prints_each_line_once(capsys):
+    import logging
+
+    from ppdet_htc.utils.logger import setup_logger
+
+    pkg, root = logging.getLogger("ppdet_htc"), logging.getLogger()
+    saved = pkg.handlers[:]
+    pkg.handlers.clear()  # so setup_logger binds a fresh handler to the captured stdout
+    extra = logging.StreamHandler()  # what importing Paddle does to the root logger
+    root.addHandler(extra)
+    try:
+        setup_logger()
+        logging.getLogger("ppdet_htc.test").info("hello once")
+        out = capsys.readouterr()
+        assert (out.out + out.err).count("hello once") == 1
+    finally:
+        root.removeHandler(extra)
+        pkg.handlers[:] = saved
+        pkg.propagate = True
