@@ -19,6 +19,8 @@ import pickle
 
 import numpy as np
 
+from ..utils.io import atomic_write
+
 __all__ = [
     "UnsafeCheckpointError",
     "CheckpointError",
@@ -148,18 +150,8 @@ def save_state_file(path, state, dtype=None):
         if dtype is not None and np.issubdtype(a.dtype, np.floating):
             a = a.astype(dtype)
         arrays[k] = a
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, ".{}.tmp{}".format(os.path.basename(path), os.getpid()))
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(arrays, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb") as f:
+        pickle.dump(arrays, f, protocol=4)
     return path
 
 

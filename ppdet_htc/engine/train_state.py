@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from ..utils.io import atomic_write
 from .checkpoint import load_state_file, load_weights, save_state_file
 
 __all__ = ["save_snapshot", "load_snapshot", "snapshot_paths"]
@@ -79,18 +80,8 @@ def save_snapshot(prefix, model, optimizer, progress):
 def _save_pickle(path, obj):
     import pickle
 
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, ".{}.tmp{}".format(os.path.basename(path), os.getpid()))
-    try:
-        with open(tmp, "wb") as f:
-            pickle.dump(obj, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb") as f:
+        pickle.dump(obj, f, protocol=4)
 
 
 def _load_pickle(path):

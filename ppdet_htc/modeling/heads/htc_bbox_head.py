@@ -17,7 +17,7 @@ from ...core import register
 from .. import box_utils
 from ...utils.timing import phase
 from ..layers import inference, relu
-from ..shape_spec import ShapeSpec, as_shape_list
+from ..shape_spec import ShapeSpec, in_channel_from
 from .roi_extractor import RoIAlign
 
 __all__ = ["HybridTaskCascadeTwoFCHead", "HybridTaskCascadeHead"]
@@ -72,10 +72,7 @@ class HybridTaskCascadeTwoFCHead(nn.Layer):
 
     @classmethod
     def from_config(cls, cfg, input_shape=None, **kwargs):
-        if input_shape is None:
-            return {}
-        input_shape = as_shape_list(input_shape)[0]
-        return {"in_channel": input_shape.channels}
+        return in_channel_from(input_shape)
 
     @property
     def out_shape(self):

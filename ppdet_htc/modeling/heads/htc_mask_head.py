@@ -16,7 +16,7 @@ from ...core import register
 from ...utils.timing import phase
 from ..layers import ConvAct, inference, relu
 from ..box_utils import known_empty
-from ..shape_spec import ShapeSpec, as_shape_list
+from ..shape_spec import ShapeSpec, as_shape_list, in_channel_from
 from .roi_extractor import RoIAlign
 
 __all__ = ["HybridTaskMaskFeat", "HybridTaskMaskHead", "MaskFeat"]
@@ -88,10 +88,7 @@ class HybridTaskMaskFeat(nn.Layer):
 
     @classmethod
     def from_config(cls, cfg, input_shape=None, **kwargs):
-        if input_shape is None:
-            return {}
-        input_shape = as_shape_list(input_shape)[0]
-        return {"in_channel": input_shape.channels}
+        return in_channel_from(input_shape)
 
     @property
     def out_shape(self):

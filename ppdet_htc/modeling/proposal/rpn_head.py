@@ -9,7 +9,7 @@ from paddle.nn.initializer import Constant, Normal
 
 from ...core import build_nested, register
 from ..layers import inference, relu
-from ..shape_spec import ShapeSpec, as_shape_list
+from ..shape_spec import ShapeSpec, in_channel_from
 from .anchor_generator import AnchorGenerator
 from .proposal_generator import ProposalGenerator
 from .target_assign import RPNTargetAssign
@@ -91,10 +91,7 @@ class RPNHead(nn.Layer):
 
     @classmethod
     def from_config(cls, cfg, input_shape=None, **kwargs):
-        if input_shape is None:
-            return {}
-        input_shape = as_shape_list(input_shape)[0]
-        return {"in_channel": input_shape.channels}
+        return in_channel_from(input_shape)
 
     def forward(self, feats, inputs):
         """Returns ``(rois [R,4], rois_num [B], losses or None)``; losses only in training."""
