@@ -44,7 +44,7 @@ def roi_align(feat, boxes, boxes_num, output_size, spatial_scale, sampling_ratio
     in dynamic mode: the model never makes inverted boxes, and in exported programs the extra ops trip
     a oneDNN crash.)
     """
-    if paddle.in_dynamic_mode():
+    if paddle.in_dynamic_mode() and boxes.shape[0] > 0:  # (Paddle 2.x cannot concat empty tensors)
         boxes = paddle.concat([boxes[:, :2], paddle.maximum(boxes[:, 2:], boxes[:, :2])], axis=1)
     return vops.roi_align(
         feat,

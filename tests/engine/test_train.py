@@ -1,4 +1,5 @@
 """Training: exact resume, NaN stop, fine-tuning with other classes, schedules, snapshots, Ctrl-C."""
+import json
 import math
 import os
 import signal
@@ -115,15 +116,28 @@ def test_non_finite_loss_stops_with_a_clear_message(shapes_root, tmp_path):
     assert "0.pdparams" in msg  # names the last good snapshot
 
 
-def test_finetune_80_class_checkpoint_on_4_classes(shapes_root, tmp_path, caplog):
+def _three_class_annotations(root, out_path):
+    """The shapes train split with its last category (and that category's objects) removed."""
+    coco = json.load(open(os.path.join(root, "annotations", "instances_train.json")))
+    drop = max(c["id"] for c in coco["categories"])
+    coco["categories"] = [c for c in coco["categories"] if c["id"] != drop]
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] != drop]
+    json.dump(coco, open(out_path, "w"))
+    return str(out_path)
+
+
+def test_finetune_80_class_checkpoint_on_3_classes(shapes_root, tmp_path, caplog):
     paddle.seed(0)
     big = build_model(load_config(TINY, ["num_classes=80"]))
     ckpt = str(tmp_path / "coco80.pdparams")
     save_state_file(ckpt, big.state_dict())
-    cfg = make_cfg(shapes_root, tmp_path, {"pretrain_weights": ckpt, "epoch": 6, "LearningRate": {"base_lr": 0.02}})
+    anno = _three_class_annotations(shapes_root, tmp_path / "train3.json")
+    cfg = make_cfg(shapes_root, tmp_path, {"pretrain_weights": ckpt, "epoch": 6, "num_classes": 3,
+                                           "TrainDataset": {"anno_path": anno}, "LearningRate": {"base_lr": 0.02}})
     with caplog.at_level("INFO", logger="ppdet_htc"):
         tr = Trainer(cfg, seed=0, progress=False)
     text = caplog.text
+    assert tr.model.bbox_head.bbox_score_stage0.weight.shape[-1] == 4  # 3 classes + background
     assert "class-dependent" in text
     for key in ("bbox_head.bbox_score_stage0.weight", "bbox_head.mask_head.head.2.conv_logits.weight"):
         assert key in text
