@@ -7,6 +7,7 @@ averaged), boxes are decoded from the last stage's deltas on its input RoIs ``r_
 """
 from typing import List, Optional
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -263,8 +264,6 @@ class HybridTaskCascadeHead(nn.Layer):
         batch = sampled.rois_num.shape[0]
         keep_np = keep.numpy()
         img_np = img.numpy()
-        import numpy as np
-
         idx = []
         nums = []
         for b in range(batch):
