@@ -29,6 +29,7 @@ __all__ = [
     "set_global_config",
     "declare_global_keys",
     "build_nested",
+    "build_component",
 ]
 
 logger = logging.getLogger(__name__)
@@ -508,3 +509,20 @@ def create(cls_or_name, cfg=None, section=None, where="", **kwargs):
         return cls(**cls_kwargs)
     finally:
         _BUILDING.pop()
+
+
+def build_component(spec, where="", cfg=None):
+    """A module given as a built object or as a config spec, so constructors accept both.
+
+    ``spec`` may be an already built object (returned as is: keyword construction without the config
+    system), a registered class name, a ``!ClassName {...}`` tag or a mapping with ``name:``.
+    """
+    if isinstance(spec, TaggedDict):
+        return create(spec, cfg, where=where)
+    if isinstance(spec, str):
+        return create(spec, cfg, where=where)
+    if isinstance(spec, dict):
+        if "name" not in spec:
+            raise ConfigError("{}: a mapping without 'name:' naming the class to build: {!r}".format(where or "config", dict(spec)))
+        return create(spec["name"], cfg, section=spec, where=where)
+    return spec

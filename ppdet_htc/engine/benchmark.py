@@ -191,7 +191,7 @@ def benchmark_inference(cfg, image_size=(800, 1333), batch_size=1, iters=10, war
         with paddle.no_grad():
             out = model({k: batch[k] for k in MODEL_INPUTS})
         t1 = time.perf_counter()
-        dets = split_outputs(out, batch["im_id"])
+        dets = split_outputs(out, batch["im_id"], model.mask_post_process)
         detections_to_coco(dets, clsid2catid)
         _sync()
         if timer is not None:

@@ -59,7 +59,7 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     with paddle.no_grad():
         for batch in reader:
             outputs = model({k: batch[k] for k in MODEL_INPUTS})
-            dets = split_outputs(outputs, batch["im_id"])
+            dets = split_outputs(outputs, batch["im_id"], getattr(model, "mask_post_process", None))
             dets = [d for d in dets if d["im_id"] not in seen]  # the last batch is never padded, but be safe
             seen.update(d["im_id"] for d in dets)
             metric.update(dets)

@@ -68,7 +68,7 @@ class Detector(object):
         for start in range(0, len(images), batch_size):
             batch = self.preprocess(images[start:start + batch_size], start)
             outputs = self.model({k: batch[k] for k in ("image", "im_shape", "scale_factor")})
-            for det in split_outputs(outputs):
+            for det in split_outputs(outputs, mask_post_process=self.model.mask_post_process):
                 det["masks"] = det["masks"].astype(bool) if det["masks"] is not None else None
                 det["class_names"] = [self.class_names[int(c)] for c in det["labels"]]
                 results.append(det)

@@ -4,7 +4,7 @@ import math
 import paddle
 
 __all__ = ["delta2bbox", "bbox2delta", "clip_boxes", "bbox_overlaps", "nonempty_mask", "roi_image_index",
-           "known_empty"]
+           "known_empty", "count_per_image", "top_k_per_image"]
 
 BBOX_CLIP = math.log(1000.0 / 16)
 
@@ -71,6 +71,31 @@ def roi_image_index(rois_num):
     """Image index of every RoI, ``[R]`` int64, from per-image counts ``[B]``."""
     b = rois_num.shape[0] if paddle.in_dynamic_mode() else paddle.shape(rois_num)[0]
     return paddle.repeat_interleave(paddle.arange(b, dtype="int64"), rois_num.astype("int64"))
+
+
+def count_per_image(image_index, batch):
+    """``[B]`` int32 number of rows per image from each row's image index ``[N]`` (no host round trip)."""
+    if known_empty(image_index):
+        return paddle.zeros([batch], dtype="int32")
+    onehot = paddle.nn.functional.one_hot(image_index.astype("int64"), batch)
+    return onehot.sum(axis=0).astype("int32")
+
+
+def top_k_per_image(rows, image_index, batch, k):
+    """The first ``k`` of ``rows`` of each image, image-major, keeping their order within an image.
+
+    rows ``[N]`` (e.g. indices sorted by descending score), image_index ``[N]`` the image of each row.
+    """
+    n = rows.shape[0]
+    if n == 0:
+        return rows
+    position = paddle.arange(n, dtype="int64")
+    order = paddle.argsort(image_index.astype("int64") * n + position)  # unique keys: a stable regroup
+    image_sorted = paddle.gather(image_index.astype("int64"), order)
+    counts = count_per_image(image_sorted, batch).astype("int64")
+    start = paddle.cumsum(counts) - counts
+    rank = position - paddle.gather(start, image_sorted)
+    return paddle.gather(rows, paddle.gather(order, paddle.nonzero(rank < k).reshape([-1])))
 
 
 def clip_boxes(boxes, im_hw_per_box):

@@ -9,6 +9,7 @@ import pytest
 from ppdet_htc.core import load_config
 from ppdet_htc.engine.checkpoint import CheckpointMismatchError, load_weights, save_state_file
 from ppdet_htc.engine.model_builder import build_model
+from ppdet_htc.engine.outputs import split_outputs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "tests", "fixtures", "htc_tiny.yml")
@@ -45,12 +46,21 @@ def make_inputs(h, w, batch=1, seed=0, im_shape=None, scale=1.0):
     }
 
 
-def check_output_contract(out, batch, num_classes):
-    bbox, num, masks, shapes = out["bbox"], out["bbox_num"], out["mask"], out["origin_shape"]
+def pasted_masks(out):
+    """The per-image pasted masks of a dynamic-mode output (result conversion)."""
+    return [d["masks"] for d in split_outputs(out)]
+
+
+def check_output_contract(out, batch, num_classes, mask_resolution=28):
+    bbox, num, probs, shapes = out["bbox"], out["bbox_num"], out["mask_prob"], out["origin_shape"]
     assert bbox.shape[1] == 6 and bbox.dtype == paddle.float32
     assert num.shape == [batch] and int(num.sum()) == bbox.shape[0]
-    assert masks.shape[0] == bbox.shape[0] and masks.dtype == paddle.uint8
+    assert probs.shape == [bbox.shape[0], mask_resolution, mask_resolution] and probs.dtype == paddle.float32
+    np.testing.assert_array_equal(out["mask_box"].numpy(), bbox.numpy()[:, 2:])
     assert shapes.shape == [batch, 2]
+    masks = pasted_masks(out)
+    for m, n, hw in zip(masks, num.numpy(), shapes.numpy()):
+        assert m.shape == (n, hw[0], hw[1]) and m.dtype == np.uint8
     b = bbox.numpy()
     if len(b):
         assert ((b[:, 0] >= 0) & (b[:, 0] < num_classes)).all()
@@ -82,7 +92,7 @@ def test_official_layout_loads_strictly_and_runs_800x1333(config, keys, shared_r
         out = model(inputs)
     check_output_contract(out, 1, 80)
     assert out["origin_shape"].numpy().tolist() == [[600, 1000]]
-    assert out["mask"].shape[1:] == [600, 1000]
+    assert pasted_masks(out)[0].shape[1:] == (600, 1000)
 
 
 def test_semantic_config_refuses_checkpoint_without_semantic_head(shared_reference, tmp_path):
@@ -136,7 +146,10 @@ def test_batch_of_two_equals_single_runs():
     assert ob["bbox_num"].numpy().tolist() == [n0, int(o1["bbox_num"][0])]
     np.testing.assert_allclose(ob["bbox"].numpy()[:n0], o0["bbox"].numpy(), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(ob["bbox"].numpy()[n0:], o1["bbox"].numpy(), rtol=1e-5, atol=1e-4)
-    diff = (ob["mask"].numpy() != np.concatenate([o0["mask"].numpy(), o1["mask"].numpy()])).mean()
+    np.testing.assert_allclose(ob["mask_prob"].numpy(), np.concatenate([o0["mask_prob"].numpy(),
+                                                                         o1["mask_prob"].numpy()]), atol=1e-4)
+    m0, m1 = pasted_masks(ob)
+    diff = (np.concatenate([m0, m1]) != np.concatenate(pasted_masks(o0) + pasted_masks(o1))).mean()
     assert diff < 1e-4
 
 
@@ -146,7 +159,8 @@ def test_no_detection_gives_empty_outputs():
         out = model(make_inputs(128, 192, batch=2))
     assert out["bbox"].shape == [0, 6]
     assert out["bbox_num"].numpy().tolist() == [0, 0]
-    assert out["mask"].shape == [0, 128, 192]
+    assert out["mask_prob"].shape == [0, 28, 28]
+    assert [m.shape for m in pasted_masks(out)] == [(0, 128, 192), (0, 128, 192)]
 
 
 def test_mask_logits_follow_num_classes_and_semantic_head_runs():
@@ -165,7 +179,7 @@ def test_mask_logits_follow_num_classes_and_semantic_head_runs():
 def test_semantic_box_pooling_equals_adaptive_average_pooling(shape, size):
     import paddle.nn.functional as F
 
-    from ppdet_htc.modeling.heads.htc_bbox_head import _average_pool_to
+    from ppdet_htc.modeling.heads.roi_extractor import _average_pool_to
 
     x = paddle.to_tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"))
     np.testing.assert_allclose(_average_pool_to(x, size).numpy(), F.adaptive_avg_pool2d(x, size).numpy(),

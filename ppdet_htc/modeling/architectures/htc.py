@@ -22,7 +22,11 @@ class HybridTaskCascade(nn.Layer):
 
     Inference output (all tensors, detections of all images concatenated image-major):
     ``bbox [K,6]`` rows ``[label, score, x1, y1, x2, y2]`` in original-image pixels, ``bbox_num [B]``,
-    ``mask [K,H,W]`` uint8 (image i's rows valid in ``[:h_i, :w_i]``), ``origin_shape [B,2]`` (h, w).
+    ``origin_shape [B,2]`` (h, w), and the masks as ``mask_prob [K,M,M]`` (probabilities of each
+    detection's class) with their paste boxes ``mask_box [K,4]`` (original pixels). Pasting them into
+    full-image masks is result conversion, done per image outside the forward pass
+    (``engine.outputs.split_outputs``), so that the forward pass never waits for the host; exported
+    programs (static graph) paste inside and also return ``mask [K,H,W]`` uint8.
     """
 
     __category__ = "architecture"
@@ -53,10 +57,12 @@ class HybridTaskCascade(nn.Layer):
         neck = create(cfg["neck"], input_shape=backbone.out_shape, where="HybridTaskCascade.neck")
         shapes = neck.out_shape
         rpn_head = create(cfg["rpn_head"], input_shape=shapes, where="HybridTaskCascade.rpn_head")
-        bbox_head = create(cfg["bbox_head"], input_shape=shapes, where="HybridTaskCascade.bbox_head")
         semantic = cfg.get("fused_semantic_head")
         if semantic:
             semantic = create(semantic, input_shape=shapes, where="HybridTaskCascade.fused_semantic_head")
+        bbox_head = create(cfg["bbox_head"], input_shape=shapes,
+                           semantic_shape=semantic.out_shape if semantic else None,
+                           where="HybridTaskCascade.bbox_head")
         return {
             "backbone": backbone,
             "neck": neck,
@@ -72,12 +78,11 @@ class HybridTaskCascade(nn.Layer):
     def _features(self, inputs):
         with phase("backbone_fpn"):
             feats = self.neck(self.backbone(inputs))
-        semantic, seg_logits = None, None
+        semantic_feat, seg_logits = None, None
         if self.with_semantic:
             with phase("semantic_head"):
-                sem_feat, seg_logits = self.fused_semantic_head(feats)
-            semantic = (sem_feat, self.fused_semantic_head.spatial_scale)
-        return feats, semantic, seg_logits
+                semantic_feat, seg_logits = self.fused_semantic_head(feats)
+        return feats, semantic_feat, seg_logits
 
     def forward(self, inputs):
         if self.training:
@@ -86,10 +91,10 @@ class HybridTaskCascade(nn.Layer):
 
     def get_loss(self, inputs):
         """Dict of losses (keys as in PaddleDetection) plus ``loss``, their sum."""
-        feats, semantic, seg_logits = self._features(inputs)
+        feats, semantic_feat, seg_logits = self._features(inputs)
         rois, rois_num, losses = self.rpn_head(feats, inputs)
         losses = dict(losses)
-        losses.update(self.bbox_head.loss(feats, rois, rois_num, inputs, semantic))
+        losses.update(self.bbox_head.loss(feats, rois, rois_num, inputs, semantic_feat))
         if self.with_semantic:
             if "semantic" not in inputs:
                 raise KeyError(
@@ -103,33 +108,21 @@ class HybridTaskCascade(nn.Layer):
     def get_pred(self, inputs):
         im_shape = inputs["im_shape"].astype("float32")
         scale_factor = inputs["scale_factor"].astype("float32")
-        feats, semantic, _ = self._features(inputs)
+        feats, semantic_feat, _ = self._features(inputs)
         with phase("rpn"):
             rois, rois_num, _ = self.rpn_head(feats, inputs)
-        probs, deltas, last_rois = self.bbox_head.predict(feats, rois, rois_num, im_shape, semantic)
+        probs, deltas, last_rois = self.bbox_head.predict(feats, rois, rois_num, im_shape, semantic_feat)
         # Exported programs: kernels of Paddle 2.x and Paddle Inference's oneDNN backend reject empty
         # tensors, so a placeholder detection (score -1) keeps every tensor non-empty; the exported
         # outputs end with it and deploy/python/infer.py drops it (dygraph outputs never contain it).
         exported = not paddle.in_dynamic_mode()
         with phase("box_postprocess"):
-            dets, dets_num = self.bbox_post_process(probs, deltas, last_rois, rois_num, im_shape)
-            if exported:
-                dets, dets_num = _add_placeholder(dets, dets_num)
-            dets_in, dets_out, dets_num, origin_shape = self.bbox_post_process.rescale(
-                dets, dets_num, im_shape, scale_factor
-            )
+            dets_in, dets_out, dets_num, origin_shape = self.bbox_post_process(
+                probs, deltas, last_rois, rois_num, im_shape, scale_factor, placeholder=exported)
         labels = dets_in[:, 0].astype("int64")
-        probs_m = self.bbox_head.mask_head.predict(feats, dets_in[:, 2:], dets_num, labels, semantic)
-        with phase("mask_paste"):
-            masks = self.mask_post_process(probs_m, dets_out, dets_num, origin_shape)
-        return {"bbox": dets_out, "bbox_num": dets_num, "mask": masks, "origin_shape": origin_shape}
-
-
-def _add_placeholder(dets, dets_num):
-    """Exported programs (one image per run): append a detection with score -1 (always the last row)."""
-    # [label 0, score -1, box (0, 0, 1, 1)], built from scalar fills (a constant list would become an
-    # op that Paddle Inference's oneDNN backend cannot run).
-    zero = paddle.full([1, 1], 0.0, dtype=dets.dtype)
-    one = paddle.full([1, 1], 1.0, dtype=dets.dtype)
-    pad = paddle.concat([zero, -one, zero, zero, one, one], axis=1)
-    return paddle.concat([dets, pad]), dets_num + 1
+        mask_prob = self.bbox_head.mask_head.predict(feats, dets_in[:, 2:], dets_num, labels, semantic_feat)
+        out = {"bbox": dets_out, "bbox_num": dets_num, "mask_prob": mask_prob, "mask_box": dets_out[:, 2:],
+               "origin_shape": origin_shape}
+        if exported:
+            out["mask"] = self.mask_post_process(mask_prob, dets_out, dets_num, origin_shape)
+        return out

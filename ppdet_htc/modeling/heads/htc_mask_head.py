@@ -17,7 +17,8 @@ from ...utils.timing import phase
 from ..layers import ConvAct, inference, relu
 from ..box_utils import known_empty
 from ..shape_spec import ShapeSpec, as_shape_list, in_channel_from
-from .roi_extractor import RoIAlign
+from .roi_extractor import build_roi_feature_extractor
+from .stage_fusion import MaskStageFusion, build_fusion
 
 __all__ = ["HybridTaskMaskFeat", "HybridTaskMaskHead", "MaskFeat"]
 
@@ -87,12 +88,20 @@ class HybridTaskMaskFeat(nn.Layer):
             )
 
     @classmethod
-    def from_config(cls, cfg, input_shape=None, **kwargs):
-        return in_channel_from(input_shape)
+    def from_config(cls, cfg, input_shape=None, num_stages=None, **kwargs):
+        out = in_channel_from(input_shape)
+        if num_stages is not None:
+            out["num_cascade_stages"] = num_stages
+        return out
 
     @property
     def out_shape(self):
         return [ShapeSpec(channels=self.out_channel)]
+
+    @property
+    def upsample_factor(self):
+        """Mask logits are this many times the RoI feature resolution (one stride-2 deconv)."""
+        return 2
 
     def forward(self, x, stage, all_logits=False):
         """Run stages ``0..stage`` with the information flow on RoI features ``x [K,C,14,14]``.
@@ -132,14 +141,16 @@ class MaskFeat(nn.Layer):
 
 @register
 class HybridTaskMaskHead(nn.Layer):
-    """Mask branch wrapper: RoI features (+ semantic feature) -> mask stages -> per-class logits.
+    """The mask branch: RoI features (+ semantic feature) -> chained mask stages -> per-class logits.
 
-    At test time the sigmoid probabilities of all stages are averaged and the channel of each
-    detection's label is returned. Training losses are computed in ``loss``.
+    Owns its RoI feature extractor (14x14 by default), the stage stack ``head`` (parameters
+    ``mask_head.head.{t}``), the fusion of the stages at test time (``mask_fusion``, default: mean of
+    the stages' sigmoids) and the training-target builder (``mask_assigner``). The logits' resolution is
+    ``upsample_factor x`` the RoI resolution (28 for 14), and the targets are built at that size.
     """
 
     __shared__ = ["num_classes"]
-    __inject__ = ["head", "mask_assigner"]
+    __inject__ = ["head", "mask_assigner", "mask_fusion"]
     __nested__ = {"roi_extractor": "RoIAlign", "semantic_roi_extractor": "RoIAlign"}
 
     def __init__(
@@ -152,26 +163,33 @@ class HybridTaskMaskHead(nn.Layer):
         share_bbox_feat: bool = False,
         in_channel: int = 256,
         feat_strides: Optional[list] = None,
+        semantic_stride: Optional[int] = None,
+        mask_fusion: object = None,
     ):
         super().__init__()
         if share_bbox_feat:
             raise ValueError("HybridTaskMaskHead.share_bbox_feat=True is not supported by HTC")
         if isinstance(head, str) or isinstance(mask_assigner, str):
             raise TypeError("HybridTaskMaskHead needs built modules; build it with ppdet_htc.core.create")
-        strides = feat_strides or [4, 8, 16, 32]
-        roi = dict(roi_extractor or {})
-        roi["spatial_scale"] = [1.0 / s for s in strides]
-        self.roi_extractor = RoIAlign(**roi)
-        sem = dict(semantic_roi_extractor or {})
-        sem["spatial_scale"] = [0.125]  # the semantic head passes its own scale (1/8) at run time
-        sem["start_level"] = 0
-        self.semantic_roi_extractor = RoIAlign(**sem)
+        self.roi_extractor = build_roi_feature_extractor(
+            roi_extractor, semantic_roi_extractor, feat_strides or [4, 8, 16, 32], semantic_stride, in_channel)
         self.head = head
         self.mask_assigner = mask_assigner
+        self.mask_fusion = build_fusion(mask_fusion, MaskStageFusion)
         self.num_classes = num_classes
+        self.out_resolution = self.roi_extractor.resolution * head.upsample_factor
+        target_res = getattr(mask_assigner, "mask_resolution", None)
+        if target_res is None and mask_assigner is not None:
+            mask_assigner.mask_resolution = self.out_resolution  # targets at the logits' resolution
+        elif target_res is not None and int(target_res) != self.out_resolution:
+            raise ValueError(
+                "MaskAssigner.mask_resolution is {} but the mask head predicts {}x{} (RoI resolution {} x {}); "
+                "set mask_resolution: {}".format(target_res, self.out_resolution, self.out_resolution,
+                                                 self.roi_extractor.resolution, head.upsample_factor,
+                                                 self.out_resolution))
 
     @classmethod
-    def from_config(cls, cfg, input_shape=None, **kwargs):
+    def from_config(cls, cfg, input_shape=None, num_stages=None, semantic_shape=None, **kwargs):
         if input_shape is None:
             return {}
         shapes = as_shape_list(input_shape)
@@ -179,37 +197,30 @@ class HybridTaskMaskHead(nn.Layer):
 
         head = cfg.get("head", "HybridTaskMaskFeat")
         return {
-            "head": create(head, input_shape=ShapeSpec(channels=shapes[0].channels)),
+            "head": create(head, input_shape=ShapeSpec(channels=shapes[0].channels), num_stages=num_stages),
             "in_channel": shapes[0].channels,
             "feat_strides": [s.stride for s in shapes[:4]],
+            "semantic_stride": semantic_shape.stride if semantic_shape is not None else None,
         }
 
-    def roi_features(self, feats, rois, rois_num, semantic=None):
-        """RoIAlign 14x14 on P2..P5, plus the semantic feature's RoIAlign when HTC fuses it."""
-        x = self.roi_extractor(feats[:4], rois, rois_num)
-        if semantic is not None:
-            sem_feat, sem_scale = semantic
-            s = self.semantic_roi_extractor([sem_feat], rois, rois_num, spatial_scale=sem_scale)
-            if s.shape[2:] != x.shape[2:]:
-                s = F.adaptive_avg_pool2d(s, x.shape[2:])
-            x = x + s
-        return x
+    @property
+    def num_stages(self):
+        return self.head.num_cascade_stages
 
-    def predict(self, feats, rois, rois_num, labels, semantic=None):
-        """Mask probabilities ``[K,28,28]`` for detections ``rois [K,4]`` (input scale) of class ``labels [K]``."""
+    def predict(self, feats, rois, rois_num, labels, semantic_feat=None):
+        """Mask probabilities ``[K,M,M]`` for detections ``rois [K,4]`` (input scale) of class ``labels [K]``."""
+        m = self.out_resolution
         if known_empty(rois):
-            return paddle.zeros([0, 28, 28], dtype="float32")
+            return paddle.zeros([0, m, m], dtype="float32")
         with phase("mask_roi_features"):
-            x = self.roi_features(feats, rois, rois_num, semantic)
-        logits = self.head(x, self.head.num_cascade_stages - 1, all_logits=True)
-        with phase("mask_paste"):
+            x = self.roi_extractor(feats, rois, rois_num, semantic_feat)
+        logits = self.head(x, self.num_stages - 1, all_logits=self.mask_fusion.needs_all_stages)
+        with phase("mask_fusion"):
             # Only the detection's own class channel is needed: select it before the sigmoid.
-            idx = labels.astype("int64").reshape([-1, 1, 1, 1]).expand(
-                [-1, 1, logits[0].shape[2], logits[0].shape[3]])
-            probs = [F.sigmoid(paddle.take_along_axis(lg, idx, axis=1)[:, 0]) for lg in logits]
-            return paddle.add_n(probs) / float(len(probs))
+            idx = labels.astype("int64").reshape([-1, 1, 1, 1]).expand([-1, 1, m, m])
+            return self.mask_fusion([paddle.take_along_axis(lg, idx, axis=1)[:, 0] for lg in logits])
 
-    def loss(self, feats, rois, rois_num, targets, stage, weight, semantic=None):
+    def loss(self, feats, rois, rois_num, targets, stage, weight, semantic_feat=None):
         """Mask loss of ``stage``: BCE on the target class channel, averaged over pixels and RoIs.
 
         ``targets``: ``(labels [N] int64, masks [N,M,M] float32)`` for the fg RoIs ``rois [N,4]``.
@@ -218,7 +229,7 @@ class HybridTaskMaskHead(nn.Layer):
         if rois.shape[0] == 0:
             zero = sum((p * 0).sum() for p in self.head.stages[stage].parameters())
             return zero
-        x = self.roi_features(feats, rois, rois_num, semantic)
+        x = self.roi_extractor(feats, rois, rois_num, semantic_feat)
         logits = self.head(x, stage)[0]
         idx = labels.astype("int64").reshape([-1, 1, 1, 1]).expand([-1, 1, logits.shape[2], logits.shape[3]])
         logit = paddle.take_along_axis(logits, idx, axis=1)[:, 0]

@@ -1,5 +1,5 @@
 """Training targets of the R-CNN stages: RoI sampling (``BBoxAssigner``) and mask targets (``MaskAssigner``)."""
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import paddle
@@ -118,7 +118,7 @@ class MaskAssigner(object):
 
     __shared__ = ["num_classes", "mask_resolution"]
 
-    def __init__(self, num_classes: int = 80, mask_resolution: int = 14):
+    def __init__(self, num_classes: int = 80, mask_resolution: Optional[int] = None):
         self.num_classes = num_classes
         self.mask_resolution = mask_resolution
 

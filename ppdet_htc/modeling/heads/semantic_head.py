@@ -1,4 +1,5 @@
 """HTC's fused semantic segmentation head: a whole-image feature fused into every RoI feature."""
+import math
 from typing import Optional
 
 import paddle
@@ -9,6 +10,7 @@ from paddle.nn.initializer import Constant, KaimingUniform
 
 from ...core import register
 from ..layers import ConvAct, resize_bilinear_align_corners
+from ..shape_spec import ShapeSpec
 
 __all__ = ["FusedSemanticHead"]
 
@@ -28,7 +30,8 @@ class FusedSemanticHead(nn.Layer):
     passed through their own 1x1 conv + ReLU and summed; four 3x3 convs + ReLU follow. Outputs:
     ``seg_logits = conv_logits(x)`` (``semantic_num_class`` channels) and the fused feature
     ``relu(conv_embedding(x))`` that the box and mask heads add to their RoI features.
-    Loss: cross-entropy with ``ignore_index`` (255), times ``loss_weight``.
+    Loss: cross-entropy with ``ignore_index`` (255), averaged over the labelled pixels
+    (``avg_non_ignore``, PaddleDetection) or over all pixels (mmdetection), times ``loss_weight``.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class FusedSemanticHead(nn.Layer):
         ignore_index: int = 255,
         loss_weight: float = 0.2,
         fusion_stride: int = 8,
+        avg_non_ignore: bool = True,
     ):
         super().__init__()
         out_channel = in_channel if out_channel is None else out_channel  # 256 for the R50 model
@@ -51,6 +55,7 @@ class FusedSemanticHead(nn.Layer):
         self.fusion_level = fusion_level
         self.ignore_index = ignore_index
         self.loss_weight = loss_weight
+        self.avg_non_ignore = bool(avg_non_ignore)
         self.stride = fusion_stride
         self.lateral_convs = nn.LayerList(
             [ConvAct(in_channel, in_channel, 1, relu=True, uniform=True) for _ in range(num_ins)]
@@ -77,6 +82,11 @@ class FusedSemanticHead(nn.Layer):
     def spatial_scale(self):
         """Scale of the semantic feature map relative to the input image (1/8)."""
         return 1.0 / self.stride
+
+    @property
+    def out_shape(self):
+        """The fused feature the RoI heads read: FPN channels at the fusion level's stride."""
+        return ShapeSpec(channels=self.conv_embedding.weight.shape[0], stride=self.stride)
 
     def forward(self, feats):
         """feats: FPN outputs. Returns ``(semantic_feat [B,C,H/8,W/8], seg_logits [B,K,H/8,W/8])``."""
@@ -108,7 +118,9 @@ class FusedSemanticHead(nn.Layer):
             labels = labels.astype("int64")
         logits = seg_logits.transpose([0, 2, 3, 1])
         valid = (labels != self.ignore_index).astype("float32")
-        if float(valid.sum()) == 0:
-            return {"loss_semantic": (seg_logits * 0).sum()}
-        loss = F.cross_entropy(logits, labels[..., None], ignore_index=self.ignore_index, reduction="mean")
+        per_pixel = F.cross_entropy(logits, labels[..., None], ignore_index=self.ignore_index, reduction="none")
+        # Mean over the labelled pixels (0, with a gradient path, when every pixel is ignored), or with
+        # ``avg_non_ignore=False`` over all pixels, ignored ones included (mmdetection, Quirk M7).
+        count = paddle.clip(valid.sum(), min=1.0) if self.avg_non_ignore else float(math.prod(valid.shape))
+        loss = per_pixel.sum() / count
         return {"loss_semantic": loss * self.loss_weight}
