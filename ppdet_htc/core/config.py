@@ -412,9 +412,17 @@ def _check_keys(cls, keys, cfg, path):
 
 
 def build_nested(cls, spec, path=(), cfg=None):
-    """Build ``cls(**spec)`` for a plain-dict sub-config, with key and type checks."""
+    """Build ``cls(**spec)`` for a plain-dict sub-config, with key and type checks.
+
+    Another registered class can replace ``cls``: a ``!OtherClass {...}`` tag builds that class, and an
+    already built object is used as is.
+    """
     if spec is None:
         spec = {}
+    if isinstance(spec, TaggedDict):
+        return create(spec, cfg, where=".".join(path))
+    if not isinstance(spec, dict) and not isinstance(spec, (str, int, float, bool, list, tuple)):
+        return spec
     if not isinstance(spec, dict):
         raise ConfigError(
             "{}: {} must be a mapping of {} arguments, got {!r}".format(
@@ -502,7 +510,8 @@ def create(cls_or_name, cfg=None, section=None, where="", **kwargs):
                 cls_kwargs[key] = value
 
         for key, sub in getattr(cls, "__nested__", {}).items():
-            if key in cls_kwargs and key not in derived and isinstance(cls_kwargs[key], dict):
+            value = cls_kwargs.get(key)
+            if key not in derived and isinstance(value, dict) and not isinstance(value, TaggedDict):
                 subcls = lookup(sub)
                 _check_keys(subcls, cls_kwargs[key], cfg, path + (key,))
                 _check_kwargs(subcls, cls_kwargs[key], cfg, path + (key,))

@@ -56,11 +56,12 @@ class WorkerError(RuntimeError):
 class _BatchMaker(object):
     """Turns dataset indices into transformed samples; picklable so worker processes can run it."""
 
-    def __init__(self, dataset, sample_ops, batch_ops, seed):
+    def __init__(self, dataset, sample_ops, batch_ops, seed, gt_bitmaps=False):
         self.dataset = dataset
         self.sample_ops = sample_ops
         self.batch_ops = batch_ops
         self.seed = seed
+        self.gt_bitmaps = gt_bitmaps
 
     def sample(self, epoch, index):
         record = self.dataset[int(index)]
@@ -82,7 +83,35 @@ class _BatchMaker(object):
             except Exception as e:
                 files = [s.get("im_file", "?") for s in samples]
                 raise _with_context(e, "in batch transform {} for images {}".format(type(op).__name__, files))
+        if self.gt_bitmaps:
+            for sample in samples:
+                add_gt_bitmaps(sample)
         return samples
+
+
+def add_gt_bitmaps(sample):
+    """``gt_segm [G,H,W]`` uint8: each object's mask on the (padded) network input, from ``gt_poly``.
+
+    The R-CNN mask targets are RoIAligned from these on the device (``MaskAssigner``), so they are made
+    here, in the reader (worker processes), after every transform (resize, flip, padding) has been applied.
+    """
+    if "gt_poly" not in sample or sample.get("gt_segm") is not None:
+        return sample
+    from .transforms import segm_to_bitmap
+
+    image = sample["image"]
+    h, w = image.shape[1:] if image.ndim == 3 and image.shape[0] in (1, 3) else image.shape[:2]
+    masks = np.zeros((len(sample["gt_poly"]), h, w), dtype=np.uint8)
+    for i, segm in enumerate(sample["gt_poly"]):
+        if isinstance(segm, (list, tuple)):
+            if segm:
+                masks[i] = segm_to_bitmap(segm, h, w)
+            continue
+        bitmap = segm_to_bitmap(segm, h, w)  # RLE / bitmap at the (unpadded) transformed size
+        bh, bw = min(bitmap.shape[0], h), min(bitmap.shape[1], w)
+        masks[i, :bh, :bw] = bitmap[:bh, :bw]
+    sample["gt_segm"] = masks
+    return sample
 
 
 def _with_context(exc, context, already_named=None):
@@ -159,12 +188,14 @@ class Reader(object):
     iteration start at batch ``n`` of the epoch; ``iter_from(n)`` does the same directly.
     ``group_by_size`` (evaluation/inference): batches only hold images with the same padded size, so
     batching does not change results; with several ranks the batches are dealt out round-robin.
+    ``gt_bitmaps`` (training): every sample also gets ``gt_segm``, its objects' masks on the padded
+    input (see :func:`add_gt_bitmaps`).
     """
 
     def __init__(self, dataset, sample_transforms=(), batch_transforms=(), batch_size: int = 1,
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0, rank: int = 0,
                  world_size: int = 1, worker_num: int = 0, prefetch: int = 2, name: str = "Reader",
-                 mp_context: str = None, group_by_size: bool = False):
+                 mp_context: str = None, group_by_size: bool = False, gt_bitmaps: bool = False):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError("{}.batch_size must be a positive int, got {!r}".format(name, batch_size))
         if not isinstance(worker_num, int) or worker_num < 0:
@@ -187,7 +218,7 @@ class Reader(object):
         self.group_by_size = bool(group_by_size)
         self.epoch = 0
         self._start = 0
-        self._maker = _BatchMaker(dataset, list(sample_transforms), list(batch_transforms), seed)
+        self._maker = _BatchMaker(dataset, list(sample_transforms), list(batch_transforms), seed, gt_bitmaps)
         self._logged_drop = False
 
     # ---------------------------------------------------------------- sampling
@@ -509,5 +540,5 @@ def build_reader(cfg, mode, dataset=None, seed: int = 0, rank: int = None, world
     return Reader(dataset, sample_ops, batch_ops, batch_size=opts["batch_size"], shuffle=opts["shuffle"],
                   drop_last=opts["drop_last"], seed=seed, rank=rank, world_size=world_size,
                   worker_num=int(worker_num), name=section, mp_context=mp_context,
-                  group_by_size=opts["group_by_size"])
+                  group_by_size=opts["group_by_size"], gt_bitmaps=mode == "train")
 

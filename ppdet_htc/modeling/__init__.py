@@ -1,2 +1,2 @@
 """Model code: backbone -> neck -> proposals -> HTC heads -> post-processing."""
-from . import backbones, box_coder, necks, proposal, heads, post_process, architectures  # noqa: F401
+from . import backbones, box_coder, losses, necks, proposal, heads, post_process, architectures  # noqa: F401

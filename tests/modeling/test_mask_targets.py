@@ -5,7 +5,9 @@ import pycocotools.mask as mask_util
 import pytest
 
 from ppdet_htc.modeling.heads.mask_targets import bitmap_mask_targets, polygon_mask_targets
-from ppdet_htc.modeling.heads.roi_assigner import MaskAssigner, SampledRoIs
+from ppdet_htc.modeling.heads.roi_assigner import MaskAssigner, MaskTargetSource, SampledRoIs
+from ppdet_htc.modeling.sampling import GroundTruth
+from tests.modeling.numpy_ref import roi_align_single_ref
 
 
 def _reference_polygon_target(polys, box, m):
@@ -110,7 +112,8 @@ def test_mask_assigner_mixes_polygons_and_bitmaps_across_images():
     sampled = SampledRoIs(paddle.to_tensor(rois), paddle.to_tensor(np.array([4, 3], np.int32)),
                           paddle.to_tensor(labels), paddle.to_tensor(rois), paddle.to_tensor(gt_index),
                           paddle.to_tensor(np.zeros(7, bool)))
-    out_rois, nums, out_labels, masks = MaskAssigner(num_classes=3, mask_resolution=28)(sampled, segms)
+    assigner = MaskAssigner(num_classes=3, mask_resolution=28, target="polygon")
+    out_rois, nums, out_labels, masks = assigner(sampled, MaskTargetSource(None, polygons=segms))
     fg = labels < 3
     np.testing.assert_array_equal(nums.numpy(), [3, 2])
     np.testing.assert_array_equal(out_labels.numpy(), labels[fg])
@@ -119,3 +122,49 @@ def test_mask_assigner_mixes_polygons_and_bitmaps_across_images():
             _reference_polygon_target(objs_a[1], rois[3], 28), _reference_bitmap_target(bitmap, rois[4], 28),
             _reference_polygon_target(objs_a[0], rois[5], 28)]
     np.testing.assert_array_equal(masks.numpy(), np.stack(want))
+
+
+def test_device_bitmap_targets_are_roialign_of_the_object_masks():
+    """mmdetection's targets: RoIAlign (aligned, adaptive sampling) of the object's bitmap over the RoI, >= 0.5,
+    compared with the NumPy RoIAlign; RoIs of two images pointing at objects in any order."""
+    rng = np.random.default_rng(3)
+    h, w = 64, 96
+    bitmaps = []
+    for count in (3, 2):  # objects per image
+        masks = np.zeros((count, h, w), np.uint8)
+        for k in range(count):
+            x0, y0 = rng.integers(0, w - 30), rng.integers(0, h - 20)
+            masks[k, y0:y0 + rng.integers(8, 20), x0:x0 + rng.integers(10, 30)] = 1
+            masks[k] |= (rng.random((h, w)) < 0.05).astype(np.uint8)  # ragged edges
+        bitmaps.append(masks)
+    gt = GroundTruth.from_lists([paddle.zeros([3, 4]), paddle.zeros([2, 4])],
+                                [paddle.zeros([3], dtype="int64"), paddle.zeros([2], dtype="int64")])
+    n = 9
+    xy = rng.uniform(0, [w - 20, h - 15], size=(n, 2))
+    rois = np.concatenate([xy, xy + rng.uniform(4, 40, size=(n, 2))], axis=1).astype(np.float32)
+    rois_num = np.array([5, 4], np.int32)
+    gt_index = np.array([2, 0, 1, 0, 2, 1, 0, 1, 0], np.int64)
+    labels = np.array([0, 1, 1, 0, 4, 1, 0, 1, 1], np.int64)  # 4 = background (num_classes 4)
+    sampled = SampledRoIs(paddle.to_tensor(rois), paddle.to_tensor(rois_num), paddle.to_tensor(labels),
+                          paddle.to_tensor(rois), paddle.to_tensor(gt_index), paddle.to_tensor(np.zeros(n, bool)))
+    source = MaskTargetSource(gt, bitmaps=[paddle.to_tensor(b) for b in bitmaps])
+    out_rois, nums, out_labels, masks = MaskAssigner(num_classes=4, mask_resolution=14)(sampled, source)
+    fg = labels < 4
+    image = np.repeat([0, 1], rois_num)
+    np.testing.assert_array_equal(nums.numpy(), [4, 4])
+    np.testing.assert_array_equal(out_labels.numpy(), labels[fg])
+    want = []
+    for i in np.nonzero(fg)[0]:
+        mask = bitmaps[image[i]][gt_index[i]].astype(np.float32)[None]
+        want.append(roi_align_single_ref(mask, rois[i], 14, 1.0, 0)[0][0] >= 0.5)
+    np.testing.assert_array_equal(masks.numpy(), np.stack(want).astype(np.float32))
+
+
+def test_device_bitmap_targets_without_foreground():
+    gt = GroundTruth.from_lists([paddle.zeros([1, 4])], [paddle.zeros([1], dtype="int64")])
+    sampled = SampledRoIs(paddle.zeros([2, 4]) + paddle.to_tensor([0.0, 0.0, 5.0, 5.0]),
+                          paddle.to_tensor(np.array([2], np.int32)), paddle.to_tensor(np.array([3, 3])),
+                          paddle.zeros([2, 4]), paddle.zeros([2], dtype="int64"), paddle.zeros([2], dtype="bool"))
+    rois, nums, labels, masks = MaskAssigner(num_classes=3, mask_resolution=28)(
+        sampled, MaskTargetSource(gt, bitmaps=[paddle.zeros([1, 16, 16], dtype="uint8")]))
+    assert rois.shape == [0, 4] and masks.shape == [0, 28, 28] and nums.numpy().tolist() == [0]

@@ -11,7 +11,6 @@ the RoI extractors, the score fusion, the sampler and the mask branch.
 """
 from typing import List, Optional
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -22,7 +21,10 @@ from ...core import register
 from ...utils.timing import phase
 from .. import box_utils
 from ..box_coder import DeltaBBoxCoder
+from ..losses import L1Loss, build_loss
+from ..sampling import GroundTruth
 from ..shape_spec import ShapeSpec
+from .roi_assigner import MaskTargetSource
 from .roi_extractor import build_roi_feature_extractor
 from .stage_fusion import MeanLogitsFusion, build_fusion
 
@@ -59,6 +61,8 @@ class HybridTaskCascadeHead(nn.Layer):
     The number of stages is the length of the sampler's ``cascade_iou`` (when built from a config), and
     must agree with ``bbox_weight``/``box_coders`` and ``stage_loss_weights``. ``box_coders`` (a list of
     coders, one per stage) replaces ``bbox_weight`` (PaddleDetection's per-stage divisors).
+    ``bbox_loss``: the regression loss (default ``L1Loss``, PaddleDetection; mmdetection trains with
+    ``SmoothL1Loss`` with beta 1).
     """
 
     __shared__ = ["num_classes", "num_cascade_stages"]
@@ -98,8 +102,6 @@ class HybridTaskCascadeHead(nn.Layer):
         if iou is not None and len(iou) != num_stages:
             raise ValueError("BBoxAssigner.cascade_iou has {} thresholds but the cascade has {} stages".format(
                 len(iou), num_stages))
-        if bbox_loss is not None:
-            raise ValueError("HybridTaskCascadeHead.bbox_loss: only the default L1 loss (null) is supported")
         self.roi_extractor = build_roi_feature_extractor(
             roi_extractor, None if semantic_stride is None else semantic_roi_extractor,
             feat_strides or [4, 8, 16, 32], semantic_stride, roi_channels)
@@ -111,6 +113,7 @@ class HybridTaskCascadeHead(nn.Layer):
         self.box_coders = _build_coders(box_coders, bbox_weight, num_stages)
         self.score_fusion = build_fusion(score_fusion, MeanLogitsFusion)
         self.stage_loss_weights = [float(w) for w in stage_loss_weights]
+        self.reg_loss = build_loss(bbox_loss, L1Loss)
         fc_out = head.out_shape[0].channels if hasattr(head, "out_shape") else in_channel
         self.bbox_score_list = []
         self.bbox_delta_list = []
@@ -182,32 +185,34 @@ class HybridTaskCascadeHead(nn.Layer):
     # ---------------------------------------------------------------- training
 
     def loss(self, feats, rois, rois_num, inputs, semantic_feat=None):
-        """Interleaved HTC training (mmdetection's ``interleaved=True`` design).
+        """Interleaved HTC training (mmdetection's ``interleaved=True`` design), batched, on the device.
 
         For each stage t: sample RoIs from ``[gt; rois]`` at IoU ``cascade_iou[t]``, box loss; refine the
-        sampled RoIs with the stage's deltas, drop the rows that were ground-truth boxes and boxes with
-        no area (if nothing remains, row 0 is kept); re-sample the refined boxes at the same IoU and
-        train mask stage t (through the information flow of stages < t) on their foreground; the
-        refined boxes are the next stage's proposals.
+        sampled RoIs with the stage's deltas and drop the rows that were ground-truth boxes and boxes
+        with no area (an image left with nothing keeps its first row); re-sample the refined boxes at the
+        same IoU and train mask stage t (through the information flow of stages < t) on their foreground;
+        the refined boxes are the next stage's proposals. (PaddleDetection's reference never removes the
+        ground-truth rows, its Q2; we follow the HTC design, as SEMANTICS.md's product decision says.)
         """
-        gt_boxes = inputs["gt_bbox"]
-        gt_classes = inputs["gt_class"]
-        gt_segms = inputs["gt_poly"]
+        gt = GroundTruth.from_inputs(inputs)
+        masks = MaskTargetSource.from_inputs(inputs, gt)
         im_shape = inputs["im_shape"]
         losses = {}
         mask_losses = {}
         for t in range(self.num_cascade_stages):
             w = self.stage_loss_weights[t]
-            sampled = self.bbox_assigner(rois, rois_num, gt_boxes, gt_classes, stage=t)
+            with phase("target_assign"):
+                sampled = self.bbox_assigner(rois, rois_num, gt, stage=t)
             logit, deltas = self.stage_forward(t, feats, sampled.rois, sampled.rois_num, semantic_feat)
             cls_loss, reg_loss = self._box_loss(t, logit, deltas, sampled)
             losses["loss_bbox_cls_stage{}".format(t)] = cls_loss * w
             losses["loss_bbox_reg_stage{}".format(t)] = reg_loss * w
-            with paddle.no_grad():
+            with paddle.no_grad(), phase("target_assign"):
                 refined = self.refine(t, deltas.detach(), sampled.rois, sampled.rois_num, im_shape)
-                rois, rois_num = self._drop_gt_and_empty(refined, sampled)
-            msampled = self.bbox_assigner(rois, rois_num, gt_boxes, gt_classes, stage=t)
-            mrois, mnum, mlabels, mtargets = self.mask_head.mask_assigner(msampled, gt_segms)
+                rois, rois_num = drop_gt_and_empty(refined, sampled)
+                msampled = self.bbox_assigner(rois, rois_num, gt, stage=t)
+            with phase("mask_targets"):
+                mrois, mnum, mlabels, mtargets = self.mask_head.mask_assigner(msampled, masks)
             mask_losses["loss_mask_stage{}".format(t)] = self.mask_head.loss(
                 feats, mrois, mnum, (mlabels, mtargets), t, w, semantic_feat
             )
@@ -215,32 +220,33 @@ class HybridTaskCascadeHead(nn.Layer):
         return losses
 
     def _box_loss(self, t, logit, deltas, sampled):
+        """Softmax CE over the sampled RoIs; regression of the foreground rows divided by all sampled rows."""
         labels = sampled.labels
+        if labels.shape[0] == 0:
+            zero = (logit * 0).sum() + (deltas * 0).sum()
+            return zero, zero
         cls_loss = F.cross_entropy(logit, labels.reshape([-1, 1]), reduction="mean")
-        fg = paddle.nonzero(paddle.logical_and(labels >= 0, labels < self.num_classes)).reshape([-1])
-        num = float(labels.shape[0])
-        if fg.shape[0] == 0:
-            return cls_loss, (deltas * 0).sum()
-        tgt = self.box_coders[t].encode(paddle.gather(sampled.rois, fg), paddle.gather(sampled.gt_boxes, fg))
+        fg = paddle.logical_and(labels >= 0, labels < self.num_classes).astype(deltas.dtype).unsqueeze(1)
+        tgt = self.box_coders[t].encode(sampled.rois, sampled.gt_boxes)  # background rows encode onto themselves
         tgt.stop_gradient = True
-        reg_loss = paddle.abs(paddle.gather(deltas, fg) - tgt).sum() / num
+        reg_loss = (self.reg_loss(deltas - tgt) * fg).sum() / float(labels.shape[0])
         return cls_loss, reg_loss
 
-    @staticmethod
-    def _drop_gt_and_empty(boxes, sampled):
-        keep = paddle.logical_and(box_utils.nonempty_mask(boxes), paddle.logical_not(sampled.is_gt))
-        img = box_utils.roi_image_index(sampled.rois_num)
-        batch = sampled.rois_num.shape[0]
-        keep_np = keep.numpy()
-        img_np = img.numpy()
-        idx = []
-        nums = []
-        for b in range(batch):
-            rows = np.nonzero(img_np == b)[0]
-            k = rows[keep_np[rows]]
-            if k.size == 0 and rows.size:
-                k = rows[:1]
-            idx.append(k)
-            nums.append(k.size)
-        idx = paddle.to_tensor(np.concatenate(idx).astype("int64"))
-        return paddle.gather(boxes, idx), paddle.to_tensor(np.asarray(nums, dtype="int32"))
+
+def drop_gt_and_empty(boxes, sampled):
+    """Refined boxes of the sampled RoIs without the ground-truth rows and the boxes with no area.
+
+    An image whose rows are all dropped keeps its first row (so every image still has proposals).
+    Returns ``(boxes [R',4], rois_num [B] int32)``, image-major.
+    """
+    batch = sampled.rois_num.shape[0]
+    keep = paddle.logical_and(box_utils.nonempty_mask(boxes), paddle.logical_not(sampled.is_gt))
+    image = sampled.image
+    kept_per_image = box_utils.count_per_image(paddle.gather(image, paddle.nonzero(keep).reshape([-1])), batch)
+    counts = sampled.rois_num.astype("int64")
+    first_row = paddle.cumsum(counts) - counts
+    position = paddle.arange(boxes.shape[0], dtype="int64")
+    rescue = paddle.logical_and(position == paddle.gather(first_row, image),
+                                paddle.gather(kept_per_image, image) == 0)
+    idx = paddle.nonzero(paddle.logical_or(keep, rescue)).reshape([-1])
+    return paddle.gather(boxes, idx), box_utils.count_per_image(paddle.gather(image, idx), batch)

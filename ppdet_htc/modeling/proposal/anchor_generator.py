@@ -13,10 +13,15 @@ __all__ = ["AnchorGenerator"]
 
 @register
 class AnchorGenerator(nn.Layer):
-    """Cell anchors ``[-w/2, -h/2, w/2, h/2]`` with ``w = sqrt(s^2/r)``, ``h = r*w`` (ratio r = h/w).
+    """Cell anchors ``[-w/2, -h/2, w/2, h/2]`` of size s and ratio r = h/w, shifted over the stride grid.
 
     For a feature map of ``H x W`` at stride ``t`` the anchor of cell (i, j) and index a is the cell
     anchor shifted by ``(j*t + offset*t, i*t + offset*t)``; flattened order is ``(i*W + j)*A + a``.
+
+    ``rounding`` picks the arithmetic of the cell anchors (the same sizes up to the last float bit):
+    ``'paddle'``: ``w = sqrt(s^2/r)``, ``h = r*w`` in float64, then float32 (PaddleDetection);
+    ``'mmdet'``: float32 ``hr = sqrt(r)``, ``wr = 1/hr``, ``w = (t*wr)*(s/t)``, ``h = (t*hr)*(s/t)``
+    (mmdetection's ``AnchorGenerator`` with base size = stride and scale s/t, SEMANTICS_MMDET §5.2).
     """
 
     def __init__(
@@ -26,8 +31,11 @@ class AnchorGenerator(nn.Layer):
         strides: List[float] = (16.0,),
         variance: List[float] = (1.0, 1.0, 1.0, 1.0),
         offset: float = 0.0,
+        rounding: str = "paddle",
     ):
         super().__init__()
+        if rounding not in ("paddle", "mmdet"):
+            raise ValueError("AnchorGenerator.rounding must be 'paddle' or 'mmdet', got {!r}".format(rounding))
         sizes = list(anchor_sizes)
         if sizes and not isinstance(sizes[0], (list, tuple)):
             sizes = [[s] for s in sizes]
@@ -49,7 +57,27 @@ class AnchorGenerator(nn.Layer):
         self.strides = [float(s) for s in strides]
         self.variance = list(variance)
         self.offset = float(offset)
-        self.cell_anchors = [self._cell_anchors(s, r) for s, r in zip(sizes, ratios)]
+        self.rounding = rounding
+        if rounding == "mmdet":
+            self.cell_anchors = [self._cell_anchors_mmdet(s, r, t) for s, r, t in zip(sizes, ratios, self.strides)]
+        else:
+            self.cell_anchors = [self._cell_anchors(s, r) for s, r in zip(sizes, ratios)]
+
+    @staticmethod
+    def _cell_anchors_mmdet(sizes, ratios, stride):
+        """Ratio-major for one scale per level, as mmdetection (one size per level in HTC's configs)."""
+        f32 = np.float32
+        hr = np.sqrt(np.asarray(ratios, dtype=f32))
+        wr = f32(1.0) / hr
+        anchors = []
+        for size in sizes:
+            scale = f32(float(size) / float(stride))
+            ws = (f32(stride) * wr) * scale
+            hs = (f32(stride) * hr) * scale
+            anchors.append(np.stack([f32(-0.5) * ws, f32(-0.5) * hs, f32(0.5) * ws, f32(0.5) * hs], axis=1))
+        # mmdetection orders anchors ratio-major within a scale: [r0 s0, r0 s1, ..., r1 s0, ...]
+        stacked = np.stack(anchors, axis=1)  # [ratios, sizes, 4]
+        return stacked.reshape(-1, 4).astype(f32)
 
     @staticmethod
     def _cell_anchors(sizes, ratios):

@@ -1,10 +1,12 @@
 """RPN proposals: per-level decode + NMS (fused kernel), then the best ``post_nms_top_n`` per image."""
 import paddle
+import paddle.nn.functional as F
 
 from ...core import register
-from .. import ops
+from .. import box_utils, ops
+from ..box_coder import DeltaXYWHBBoxCoder
 
-__all__ = ["ProposalGenerator", "collect_top_proposals"]
+__all__ = ["ProposalGenerator", "BatchedNMSProposalGenerator", "collect_top_proposals"]
 
 
 @register
@@ -48,6 +50,59 @@ class ProposalGenerator(object):
             probs.append(p.reshape([-1]))
             nums.append(n)
         return collect_top_proposals(rois, probs, nums, self.post_nms_top_n)
+
+
+@register
+class BatchedNMSProposalGenerator(object):
+    """mmdetection's RPN proposals (SEMANTICS_MMDET §5.3): per image and level the ``pre_nms_top_n`` anchors
+    with the highest *sigmoid* score, all levels decoded at once (stds 1, log-size clamped both sides,
+    clipped to the integer image size), boxes with ``w <= min_size`` or ``h <= min_size`` dropped, one NMS
+    over the levels in which levels never suppress each other (mmcv's offset trick), then the best
+    ``post_nms_top_n`` per image. Images never suppress each other either (their group ids differ), so
+    the whole batch is one NMS call; an image can end with no proposal at all.
+    """
+
+    def __init__(self, pre_nms_top_n: int = 1000, post_nms_top_n: int = 1000, nms_thresh: float = 0.7,
+                 min_size: float = 0.0):
+        self.pre_nms_top_n = int(pre_nms_top_n)
+        self.post_nms_top_n = int(post_nms_top_n)
+        self.nms_thresh = float(nms_thresh)
+        self.min_size = float(min_size)
+        self.coder = DeltaXYWHBBoxCoder()
+
+    def __call__(self, scores, deltas, anchors, im_shape):
+        """Same contract as :class:`ProposalGenerator` (scores are logits ``[B,A,H,W]`` per level)."""
+        batch = scores[0].shape[0]
+        cand_scores, cand_deltas, cand_anchors, cand_level = [], [], [], []
+        for level, (s, d, a) in enumerate(zip(scores, deltas, anchors)):
+            prob = F.sigmoid(s.transpose([0, 2, 3, 1]).reshape([batch, -1]))  # [B, H*W*A], (i*W + j)*A + a
+            delta = d.transpose([0, 2, 3, 1]).reshape([batch, -1, 4])
+            anchor = a.reshape([-1, 4])
+            n = prob.shape[1]
+            if 0 < self.pre_nms_top_n < n:
+                prob, idx = paddle.topk(prob, self.pre_nms_top_n, axis=1)  # [B, k] by descending score
+                delta = paddle.take_along_axis(delta, idx.unsqueeze(2).expand([batch, idx.shape[1], 4]), axis=1)
+                anchor = paddle.gather(anchor, idx.reshape([-1])).reshape([batch, -1, 4])
+            else:
+                anchor = anchor.unsqueeze(0).expand([batch, n, 4])
+            cand_scores.append(prob)
+            cand_deltas.append(delta)
+            cand_anchors.append(anchor)
+            cand_level.append(paddle.full(prob.shape, level, dtype="int64"))
+        prob = paddle.concat(cand_scores, axis=1)  # [B, N] level after level
+        k = prob.shape[1]
+        image = paddle.arange(batch, dtype="int64").unsqueeze(1).expand([batch, k]).reshape([-1])
+        level = paddle.concat(cand_level, axis=1).reshape([-1])
+        counts = paddle.full([batch], k, dtype="int32")
+        boxes = self.coder.decode_and_clip(paddle.concat(cand_deltas, axis=1).reshape([-1, 4]),
+                                           paddle.concat(cand_anchors, axis=1).reshape([-1, 4]), counts, im_shape)
+        prob = prob.reshape([-1])
+        valid = paddle.nonzero(box_utils.nonempty_mask(boxes, self.min_size)).reshape([-1])
+        boxes, prob, image, level = (paddle.gather(t, valid) for t in (boxes, prob, image, level))
+        num_levels = len(scores)
+        keep = ops.batched_nms(boxes, prob, image * num_levels + level, self.nms_thresh)
+        keep = box_utils.top_k_per_image(keep, paddle.gather(image, keep), batch, self.post_nms_top_n)
+        return paddle.gather(boxes, keep), box_utils.count_per_image(paddle.gather(image, keep), batch)
 
 
 def collect_top_proposals(rois, scores, nums, top_n):

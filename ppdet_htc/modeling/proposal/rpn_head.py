@@ -9,7 +9,9 @@ from paddle.nn.initializer import Constant, Normal
 
 from ...core import build_nested, register
 from ..layers import inference, relu
+from ..sampling import GroundTruth
 from ..shape_spec import ShapeSpec, in_channel_from
+from ...utils.timing import phase
 from .anchor_generator import AnchorGenerator
 from .proposal_generator import ProposalGenerator
 from .target_assign import RPNTargetAssign
@@ -109,27 +111,23 @@ class RPNHead(nn.Layer):
         return rois, rois_num, self.get_loss(scores, deltas, anchors, inputs)
 
     def get_loss(self, scores, deltas, anchors, inputs):
-        """Binary CE on sampled anchors and (smooth) L1 on positives, both divided by 256*B."""
+        """Binary CE on the sampled anchors and (smooth) L1 on the sampled positives, divided by the
+        assigner's normaliser (256*B by default). Masked sums over all anchors: no data-dependent shapes."""
         batch = scores[0].shape[0]
         logits = paddle.concat([s.transpose([0, 2, 3, 1]).reshape([batch, -1]) for s in scores], axis=1)
         pred = paddle.concat([d.transpose([0, 2, 3, 1]).reshape([batch, -1, 4]) for d in deltas], axis=1)
         all_anchors = paddle.concat([a.reshape([-1, 4]) for a in anchors])
-        labels, targets, norm = self.rpn_target_assign(all_anchors, inputs["gt_bbox"])
+        with phase("target_assign"):
+            gt = GroundTruth.from_inputs(inputs)
+            labels, targets, norm = self.rpn_target_assign(all_anchors, gt, inputs.get("im_shape"))
         logits = logits.reshape([-1])
         pred = pred.reshape([-1, 4])
-        valid = paddle.nonzero(labels >= 0).reshape([-1])
-        pos = paddle.nonzero(labels == 1).reshape([-1])
-        if valid.shape[0] == 0:
-            loss_cls = paddle.zeros([], dtype="float32")
-        else:
-            loss_cls = F.binary_cross_entropy_with_logits(
-                paddle.gather(logits, valid), paddle.gather(labels, valid).astype("float32"), reduction="sum"
-            )
-        if pos.shape[0] == 0:
-            loss_reg = paddle.zeros([], dtype="float32")
-        else:
-            diff = paddle.gather(pred, pos) - paddle.gather(targets, pos)
-            loss_reg = (smooth_l1(diff, self.smooth_l1_beta) if self.use_smooth_l1_loss else paddle.abs(diff)).sum()
+        sampled = (labels >= 0).astype(logits.dtype)
+        positive = (labels == 1).astype(logits.dtype)
+        loss_cls = (F.binary_cross_entropy_with_logits(logits, positive, reduction="none") * sampled).sum()
+        diff = pred - targets
+        reg = smooth_l1(diff, self.smooth_l1_beta) if self.use_smooth_l1_loss else paddle.abs(diff)
+        loss_reg = (reg * positive.unsqueeze(1)).sum()
         return {"loss_rpn_cls": loss_cls / norm, "loss_rpn_reg": loss_reg / norm}
 
     @property

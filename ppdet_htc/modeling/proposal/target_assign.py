@@ -2,7 +2,8 @@
 import paddle
 
 from ...core import register
-from ..box_utils import bbox2delta, bbox_overlaps
+from ..box_utils import bbox2delta
+from ..sampling import GroundTruth, sample_per_image
 
 __all__ = ["RPNTargetAssign", "label_anchors", "sample_labels"]
 
@@ -51,11 +52,17 @@ def sample_labels(labels, num_samples, fg_fraction, bg_label, use_random=True):
 
 @register
 class RPNTargetAssign(object):
-    """Anchor labels (1 fg, 0 bg, -1 ignored) and regression targets for the RPN loss.
+    """Anchor labels (1 fg, 0 bg, -1 ignored) and regression targets for the RPN loss, all images at once.
 
-    IoU >= ``positive_overlap`` (or the best anchor of a ground truth) is fg, IoU < ``negative_overlap``
-    is bg; ``batch_size_per_im`` anchors are sampled per image with ``fg_fraction`` positives at most.
-    As in the reference, anchors crossing the image border are not excluded.
+    IoU >= ``positive_overlap`` is fg, IoU < ``negative_overlap`` is bg; the best anchors of every ground
+    truth are fg too (low-quality matches: with ``min_pos_iou <= 0`` any IoU > 0, PaddleDetection; else
+    IoU >= ``min_pos_iou``, mmdetection's 0.3). ``reassign_low_quality`` (mmdetection) also points such an
+    anchor's target at that ground truth (the last one in order wins), instead of its best overall match.
+    ``allowed_border >= 0`` (mmdetection: 0) ignores anchors not inside the image by that margin; the
+    default -1 keeps all (PaddleDetection's behaviour: its ``check_inside_image`` has no effect).
+    ``batch_size_per_im`` anchors are sampled per image with ``fg_fraction`` positives at most. Losses are
+    divided by ``batch_size_per_im * B`` (``normalize_by: 'batch_size_per_im'``, PaddleDetection) or by the
+    number of sampled anchors (``'num_sampled'``, mmdetection).
     """
 
     def __init__(
@@ -67,7 +74,14 @@ class RPNTargetAssign(object):
         ignore_thresh: float = -1.0,
         use_random: bool = True,
         assign_on_cpu: bool = False,
+        min_pos_iou: float = 0.0,
+        reassign_low_quality: bool = False,
+        allowed_border: float = -1.0,
+        normalize_by: str = "batch_size_per_im",
     ):
+        if normalize_by not in ("batch_size_per_im", "num_sampled"):
+            raise ValueError("RPNTargetAssign.normalize_by must be 'batch_size_per_im' or 'num_sampled', got "
+                             "{!r}".format(normalize_by))
         self.batch_size_per_im = batch_size_per_im
         self.fg_fraction = fg_fraction
         self.positive_overlap = positive_overlap
@@ -75,37 +89,73 @@ class RPNTargetAssign(object):
         self.ignore_thresh = ignore_thresh
         self.use_random = use_random
         self.assign_on_cpu = assign_on_cpu
+        self.min_pos_iou = float(min_pos_iou)
+        self.reassign_low_quality = bool(reassign_low_quality)
+        self.allowed_border = float(allowed_border)
+        self.normalize_by = normalize_by
 
-    def __call__(self, anchors, gt_boxes):
-        """anchors ``[N,4]``; gt_boxes: list over images of ``[G_i,4]``.
+    def __call__(self, anchors, gt, im_shape=None):
+        """anchors ``[N,4]`` (shared by the images); gt: :class:`GroundTruth` (or a list of ``[G_i,4]``);
+        im_shape ``[B,2]`` (needed with ``allowed_border >= 0``).
 
-        Returns ``(labels [B*N] int32, targets [B*N,4], norm)`` with ``norm = batch_size_per_im * B``.
+        Returns ``(labels [B*N] int32, targets [B*N,4], norm)``, image-major; ``norm`` divides the losses.
         """
-        all_labels, all_targets = [], []
-        n = anchors.shape[0]
-        for gt in gt_boxes:
-            gt = gt.reshape([-1, 4]).astype("float32")
-            if gt.shape[0] == 0:
-                labels = paddle.zeros([n], dtype="int32")
-                matched = paddle.zeros([n, 4], dtype="float32")
-            else:
-                iou = bbox_overlaps(gt, anchors)
-                matches, labels = label_anchors(iou, self.positive_overlap, self.negative_overlap)
-                matched = paddle.gather(gt, matches)
-            fg, bg = sample_labels(labels, self.batch_size_per_im, self.fg_fraction, 0, self.use_random)
-            out = paddle.full([n], -1, dtype="int32")
-            if bg.shape[0]:
-                out = paddle.scatter(out, bg, paddle.zeros([bg.shape[0]], dtype="int32"))
-            if fg.shape[0]:
-                out = paddle.scatter(out, fg, paddle.ones([fg.shape[0]], dtype="int32"))
-            if gt.shape[0] == 0:
-                targets = paddle.zeros([n, 4], dtype="float32")
-            else:
-                targets = bbox2delta(anchors, matched, [1.0, 1.0, 1.0, 1.0])
-            all_labels.append(out)
-            all_targets.append(targets)
-        labels = paddle.concat(all_labels)
-        targets = paddle.concat(all_targets)
+        if not isinstance(gt, GroundTruth):
+            gt = GroundTruth.from_lists(gt, [paddle.zeros([b.reshape([-1, 4]).shape[0]], dtype="int64") for b in gt])
+        batch, width, n = gt.batch, gt.width, anchors.shape[0]
+        iou = _anchor_iou(anchors, gt.boxes)  # [B, N, G]
+        iou = paddle.where(gt.valid.unsqueeze(1), iou, paddle.full_like(iou, -1.0))
+        best = iou.max(axis=2)  # [B, N]; -1 for an image without ground truth
+        match = iou.argmax(axis=2)
+        pos = best >= self.positive_overlap
+        neg = best < self.negative_overlap
+        best_per_gt = iou.max(axis=1, keepdim=True)  # [B, 1, G]
+        quality = best_per_gt > 0 if self.min_pos_iou <= 0 else best_per_gt >= self.min_pos_iou
+        low = paddle.logical_and(iou == best_per_gt, paddle.logical_and(quality, gt.valid.unsqueeze(1)))
+        has_low = low.any(axis=2)
+        pos = paddle.logical_or(pos, has_low)
+        if self.reassign_low_quality:
+            last = (low.astype("int64") * (paddle.arange(width, dtype="int64") + 1)).argmax(axis=2)
+            match = paddle.where(has_low, last, match)
+        neg = paddle.logical_and(neg, paddle.logical_not(pos))
+        if self.allowed_border >= 0:
+            inside = _inside(anchors, im_shape, self.allowed_border)  # [B, N]
+            pos = paddle.logical_and(pos, inside)
+            neg = paddle.logical_and(neg, inside)
+        image = paddle.arange(batch, dtype="int64").unsqueeze(1).expand([batch, n]).reshape([-1])
+        keep = sample_per_image(pos.reshape([-1]), neg.reshape([-1]), image, batch, self.batch_size_per_im,
+                                self.fg_fraction, self.use_random)
+        is_pos = pos.reshape([-1])
+        chosen = paddle.zeros([batch * n], dtype="int32")
+        chosen = paddle.scatter(chosen, keep, paddle.ones_like(keep).astype("int32"))
+        labels = paddle.where(chosen > 0, is_pos.astype("int32"), paddle.full_like(chosen, -1))
+        flat_anchors = anchors.unsqueeze(0).expand([batch, n, 4]).reshape([-1, 4])
+        matched = paddle.gather(gt.boxes.reshape([-1, 4]), image * width + match.reshape([-1]))
+        matched = paddle.where(is_pos.unsqueeze(1), matched, flat_anchors)  # others encode onto themselves
+        targets = bbox2delta(flat_anchors, matched, [1.0, 1.0, 1.0, 1.0])
         labels.stop_gradient = True
         targets.stop_gradient = True
-        return labels, targets, float(self.batch_size_per_im * len(gt_boxes))
+        if self.normalize_by == "num_sampled":
+            norm = paddle.clip((labels >= 0).astype("float32").sum(), min=1.0)
+        else:
+            norm = float(self.batch_size_per_im * batch)
+        return labels, targets, norm
+
+
+def _anchor_iou(anchors, truth):
+    """IoU ``[B,N,G]`` of anchors ``[N,4]`` with each image's truths ``[B,G,4]`` (one plane per coordinate)."""
+    ax1, ay1, ax2, ay2 = [anchors[:, i].reshape([1, -1, 1]) for i in range(4)]
+    gx1, gy1, gx2, gy2 = [truth[:, :, i].unsqueeze(1) for i in range(4)]
+    iw = paddle.clip(paddle.minimum(ax2, gx2) - paddle.maximum(ax1, gx1), min=0)
+    ih = paddle.clip(paddle.minimum(ay2, gy2) - paddle.maximum(ay1, gy1), min=0)
+    inter = iw * ih
+    union = (ax2 - ax1) * (ay2 - ay1) + (gx2 - gx1) * (gy2 - gy1) - inter
+    return paddle.where(inter > 0, inter / paddle.clip(union, min=1e-10), paddle.zeros_like(inter))
+
+
+def _inside(anchors, im_shape, border):
+    """``[B,N]``: anchor inside image b's ``[0, w) x [0, h)`` extended by ``border`` (mmdetection's test)."""
+    h = im_shape[:, 0:1].astype("float32")
+    w = im_shape[:, 1:2].astype("float32")
+    return ((anchors[:, 0].unsqueeze(0) >= -border) & (anchors[:, 1].unsqueeze(0) >= -border)
+            & (anchors[:, 2].unsqueeze(0) < w + border) & (anchors[:, 3].unsqueeze(0) < h + border))

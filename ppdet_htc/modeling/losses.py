@@ -1,0 +1,37 @@
+"""Elementwise regression losses (summed and normalised by the caller)."""
+import paddle
+
+from ..core import register
+
+__all__ = ["L1Loss", "SmoothL1Loss", "build_loss"]
+
+
+@register
+class L1Loss(object):
+    """``|d|`` per element."""
+
+    def __call__(self, diff):
+        return paddle.abs(diff)
+
+
+@register
+class SmoothL1Loss(object):
+    """``0.5 d^2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 beta`` (``beta <= 0``: L1)."""
+
+    def __init__(self, beta: float = 1.0):
+        self.beta = float(beta)
+
+    def __call__(self, diff):
+        ad = paddle.abs(diff)
+        if self.beta <= 0:
+            return ad
+        return paddle.where(ad < self.beta, 0.5 * ad * ad / self.beta, ad - 0.5 * self.beta)
+
+
+def build_loss(spec, default_cls):
+    """A loss from a built object, a config spec, or None (``default_cls()``)."""
+    if spec is None:
+        return default_cls()
+    from ..core.config import build_component
+
+    return build_component(spec, where=default_cls.__name__)
