@@ -310,7 +310,8 @@ def rpn_loss_ref(scores, deltas, anchors, gt_boxes, batch_size_per_im=256, fg_fr
     ``min(#pos, int(N*f))`` positives and first ``min(#neg, N - n_fg)`` negatives (anchor order).
     ``cls = sum BCE(sampled) / (N*B)``, ``reg = sum_pos sum_4 l(pred - bbox2delta(anchor, gt, 1)) / (N*B)``
     with ``l`` smooth-L1 (beta) or L1. Returns ``(cls, reg, margin, info)``; margin covers the
-    threshold and low-quality (best-per-gt uniqueness) decisions.
+    thresholds and the low-quality rule (gap between each gt's best IoU and its next lower IoU; anchors
+    inside a gt box tie exactly, in float32 as in float64).
     """
     anchors = np.concatenate([np.asarray(a, np.float64).reshape(-1, 4) for a in anchors])
     batch = scores[0].shape[0]
@@ -321,6 +322,7 @@ def rpn_loss_ref(scores, deltas, anchors, gt_boxes, batch_size_per_im=256, fg_fr
         logit = np.concatenate([f[0] for f in flat])
         pred = np.concatenate([f[1] for f in flat])
         gt = np.asarray(gt_boxes[b], np.float64).reshape(-1, 4)
+        low_quality = 0
         if len(gt) == 0:
             labels = np.zeros(len(anchors), np.int64)
             matches = np.zeros(len(anchors), np.int64)
@@ -328,11 +330,13 @@ def rpn_loss_ref(scores, deltas, anchors, gt_boxes, batch_size_per_im=256, fg_fr
             iou = ref.iou_matrix_ref(gt, anchors)
             matches, labels = ref.label_anchors_ref(iou, positive_overlap, negative_overlap, True)
             best = iou.max(axis=0)
+            low_quality = int(((labels == 1) & (best < positive_overlap)).sum())
             margin = min(margin, float(np.min(np.abs(best - positive_overlap))),
                          float(np.min(np.abs(best - negative_overlap))))
-            for row in iou:  # the low-quality rule needs a unique, well separated best anchor per gt
-                top = np.sort(row)[::-1]
-                margin = min(margin, top[0] - top[1])
+            for row in iou:  # low-quality rule: exact ties are fine (same in float32), near ties are not
+                below = row[row < row.max()]
+                if below.size:
+                    margin = min(margin, row.max() - below.max())
         pos = np.nonzero(labels == 1)[0]
         neg = np.nonzero(labels == 0)[0]
         n_fg = min(len(pos), int(batch_size_per_im * fg_fraction))
@@ -344,6 +348,6 @@ def rpn_loss_ref(scores, deltas, anchors, gt_boxes, batch_size_per_im=256, fg_fr
             diff = pred[pos] - tgt
             reg += (smooth_l1_ref(diff, beta) if use_smooth_l1 else np.abs(diff)).sum()
         info.append({"pos": pos, "neg": neg, "n_pos_pool": int((labels == 1).sum()),
-                     "n_neg_pool": int((labels == 0).sum())})
+                     "n_neg_pool": int((labels == 0).sum()), "n_low_quality": low_quality})
     norm = float(batch_size_per_im * batch)
     return cls / norm, reg / norm, margin, info
