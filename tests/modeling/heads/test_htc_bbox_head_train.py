@@ -53,9 +53,10 @@ def run_drop_gt_and_empty(boxes, rois_num, is_gt):
 
     m = len(boxes)
     zeros = paddle.zeros([m], dtype="int64")
-    sampled = SampledRoIs(paddle.to_tensor(np.asarray(boxes, np.float32)), paddle.to_tensor(np.asarray(rois_num, np.int32)),
-                          zeros, paddle.zeros([m, 4]), zeros, paddle.to_tensor(np.asarray(is_gt, bool)))
-    out, nums = HybridTaskCascadeHead._drop_gt_and_empty(paddle.to_tensor(np.asarray(boxes, np.float32)), sampled)
+    boxes = paddle.to_tensor(np.asarray(boxes, np.float32))
+    sampled = SampledRoIs(boxes, paddle.to_tensor(np.asarray(rois_num, np.int32)), zeros, paddle.zeros([m, 4]), zeros,
+                          paddle.to_tensor(np.asarray(is_gt, bool)))
+    out, nums = HybridTaskCascadeHead._drop_gt_and_empty(boxes, sampled)
     return out.numpy(), nums.numpy()
 
 
@@ -67,7 +68,8 @@ def run_box_loss(head, stage, logits, deltas, rois, labels, gt_boxes):
 
     m = len(labels)
     sampled = SampledRoIs(paddle.to_tensor(np.asarray(rois, np.float32)), paddle.to_tensor(np.array([m], np.int32)),
-                          paddle.to_tensor(np.asarray(labels, np.int64)), paddle.to_tensor(np.asarray(gt_boxes, np.float32)),
+                          paddle.to_tensor(np.asarray(labels, np.int64)),
+                          paddle.to_tensor(np.asarray(gt_boxes, np.float32)),
                           paddle.zeros([m], dtype="int64"), paddle.zeros([m], dtype="bool"))
     cls, reg = head._box_loss(stage, paddle.to_tensor(np.asarray(logits, np.float32)),
                               paddle.to_tensor(np.asarray(deltas, np.float32)), sampled)
@@ -77,8 +79,10 @@ def run_box_loss(head, stage, logits, deltas, rois, labels, gt_boxes):
 def run_refine(head, stage, deltas, rois, rois_num, im_shape):
     """Boxes after ``stage``: its deltas ``[R,4]`` decoded on its RoIs ``[R,4]`` (counts ``[B]``),
     clipped to each image's float ``im_shape [B,2]`` (h, w). Returns numpy ``[R,4]``."""
-    out = head.refine(stage, paddle.to_tensor(np.asarray(deltas, np.float32)), paddle.to_tensor(np.asarray(rois, np.float32)),
-                      paddle.to_tensor(np.asarray(rois_num, np.int32)), paddle.to_tensor(np.asarray(im_shape, np.float32)))
+    def t(x, dtype="float32"):
+        return paddle.to_tensor(np.asarray(x, dtype))
+
+    out = head.refine(stage, t(deltas), t(rois), t(rois_num, "int32"), t(im_shape))
     return out.numpy()
 
 

@@ -54,9 +54,11 @@ def run_mask_assigner(rois, rois_num, labels, gt_index, gt_segms, num_classes, r
     from ppdet_htc.modeling.heads.roi_assigner import MaskAssigner, SampledRoIs
 
     m = len(labels)
-    sampled = SampledRoIs(paddle.to_tensor(np.asarray(rois, np.float32)), paddle.to_tensor(np.asarray(rois_num, np.int32)),
-                          paddle.to_tensor(np.asarray(labels, np.int64)), paddle.zeros([m, 4]),
-                          paddle.to_tensor(np.asarray(gt_index, np.int64)), paddle.zeros([m], dtype="bool"))
+    def t(x, dtype):
+        return paddle.to_tensor(np.asarray(x, dtype))
+
+    sampled = SampledRoIs(t(rois, np.float32), t(rois_num, np.int32), t(labels, np.int64), paddle.zeros([m, 4]),
+                          t(gt_index, np.int64), paddle.zeros([m], dtype="bool"))
     out = MaskAssigner(num_classes=num_classes, mask_resolution=resolution)(sampled, gt_segms)
     return tuple(o.numpy() for o in out)
 
@@ -64,10 +66,11 @@ def run_mask_assigner(rois, rois_num, labels, gt_index, gt_segms, num_classes, r
 def run_mask_loss(mask_head, feats, rois, rois_num, labels, targets, stage, weight):
     """Mask loss of ``stage`` (already multiplied by ``weight``) for fg RoIs ``rois [N,4]`` (counts
     ``[B]``) with labels ``[N]`` and targets ``[N,28,28]``, on FPN features (list of ``[B,C,H,W]``)."""
-    loss = mask_head.loss([paddle.to_tensor(f) for f in feats], paddle.to_tensor(np.asarray(rois, np.float32).reshape(-1, 4)),
-                          paddle.to_tensor(np.asarray(rois_num, np.int32)),
-                          (paddle.to_tensor(np.asarray(labels, np.int64)), paddle.to_tensor(np.asarray(targets, np.float32))),
-                          stage, weight)
+    def t(x, dtype):
+        return paddle.to_tensor(np.asarray(x, dtype))
+
+    loss = mask_head.loss([t(f, np.float32) for f in feats], t(rois, np.float32).reshape([-1, 4]),
+                          t(rois_num, np.int32), (t(labels, np.int64), t(targets, np.float32)), stage, weight)
     return float(loss)
 
 
