@@ -269,7 +269,7 @@ def _synthetic_train_batch(batch_size, image_size, num_classes, seed=0, semantic
         "image": paddle.to_tensor(rng.normal(0, 1, (batch_size, 3, hp, wp)).astype(np.float32)),
         "im_shape": paddle.to_tensor(np.tile([h, w], (batch_size, 1)).astype(np.float32)),
         "scale_factor": paddle.to_tensor(np.ones((batch_size, 2), np.float32)),
-        "gt_bbox": [], "gt_class": [], "gt_poly": [],
+        "gt_bbox": [], "gt_class": [], "gt_poly": [], "gt_segm": [],
     }
     for _ in range(batch_size):
         n = int(rng.integers(1, 7))
@@ -280,6 +280,10 @@ def _synthetic_train_batch(batch_size, image_size, num_classes, seed=0, semantic
         batch["gt_bbox"].append(paddle.to_tensor(boxes))
         batch["gt_class"].append(paddle.to_tensor(rng.integers(0, num_classes, (n, 1)).astype(np.int32)))
         batch["gt_poly"].append(polys)
+        masks = np.zeros((n, hp, wp), np.uint8)  # the reader's full-image bitmaps (rectangles here)
+        for k, (x1, y1, x2, y2) in enumerate(np.round(boxes).astype(int)):
+            masks[k, y1:y2, x1:x2] = 1
+        batch["gt_segm"].append(paddle.to_tensor(masks))
     if semantic_classes:
         sem = rng.integers(0, semantic_classes, size=(batch_size, 1, hp // 8, wp // 8)).astype(np.int32)
         batch["semantic"] = paddle.to_tensor(sem)

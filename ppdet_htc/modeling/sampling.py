@@ -60,8 +60,13 @@ class GroundTruth(object):
 
     @classmethod
     def from_inputs(cls, inputs):
-        """From a collated training batch (``gt_bbox`` / ``gt_class`` lists, one entry per image)."""
-        return cls.from_lists(inputs["gt_bbox"], inputs["gt_class"])
+        """From a collated training batch (``gt_bbox`` / ``gt_class`` lists, one entry per image; the
+        classes may be missing when only boxes matter, as for the RPN)."""
+        boxes = inputs["gt_bbox"]
+        classes = inputs.get("gt_class")
+        if classes is None:
+            classes = [paddle.zeros([b.reshape([-1, 4]).shape[0]], dtype="int64") for b in boxes]
+        return cls.from_lists(boxes, classes)
 
     def offsets(self):
         """``[B]`` int64 index of each image's first ground truth in the flattened (unpadded) list."""

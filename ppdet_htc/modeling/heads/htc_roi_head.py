@@ -226,8 +226,10 @@ class HybridTaskCascadeHead(nn.Layer):
             zero = (logit * 0).sum() + (deltas * 0).sum()
             return zero, zero
         cls_loss = F.cross_entropy(logit, labels.reshape([-1, 1]), reduction="mean")
-        fg = paddle.logical_and(labels >= 0, labels < self.num_classes).astype(deltas.dtype).unsqueeze(1)
-        tgt = self.box_coders[t].encode(sampled.rois, sampled.gt_boxes)  # background rows encode onto themselves
+        is_fg = paddle.logical_and(labels >= 0, labels < self.num_classes).unsqueeze(1)
+        fg = is_fg.astype(deltas.dtype)
+        # Background rows are encoded onto themselves (their matched box may be zero padding).
+        tgt = self.box_coders[t].encode(sampled.rois, paddle.where(is_fg, sampled.gt_boxes, sampled.rois))
         tgt.stop_gradient = True
         reg_loss = (self.reg_loss(deltas - tgt) * fg).sum() / float(labels.shape[0])
         return cls_loss, reg_loss

@@ -21,7 +21,7 @@ class SampledRoIs(object):
     """RoIs sampled for one cascade stage, all images concatenated (image-major).
 
     rois ``[M,4]``, rois_num ``[B]`` int32, labels ``[M]`` int64 (0..C-1 fg, C background),
-    gt_boxes ``[M,4]`` (matched ground truth; the RoI itself for background rows), gt_index ``[M]`` int64
+    gt_boxes ``[M,4]`` (best-matching ground truth; zeros in an image without any), gt_index ``[M]`` int64
     (index of that ground truth in its image), is_gt ``[M]`` bool (the RoI is a ground-truth box added
     as a proposal), image ``[M]`` int64 (image of each row).
     """
@@ -102,7 +102,7 @@ class BBoxAssigner(object):
         flat_match = image_k * width + match_k
         cls = paddle.gather(gt.classes.reshape([-1]), flat_match)
         labels = paddle.where(fg_k, cls, paddle.full_like(cls, self.num_classes))
-        gt_boxes = paddle.where(fg_k.unsqueeze(1), paddle.gather(gt.boxes.reshape([-1, 4]), flat_match), rois_k)
+        gt_boxes = paddle.gather(gt.boxes.reshape([-1, 4]), flat_match)
         res = SampledRoIs(rois_k, box_utils.count_per_image(image_k, batch), labels, gt_boxes, match_k,
                           paddle.gather(is_gt, keep), image_k)
         for t in (res.rois, res.labels, res.gt_boxes):

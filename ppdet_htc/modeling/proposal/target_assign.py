@@ -131,7 +131,8 @@ class RPNTargetAssign(object):
         labels = paddle.where(chosen > 0, is_pos.astype("int32"), paddle.full_like(chosen, -1))
         flat_anchors = anchors.unsqueeze(0).expand([batch, n, 4]).reshape([-1, 4])
         matched = paddle.gather(gt.boxes.reshape([-1, 4]), image * width + match.reshape([-1]))
-        matched = paddle.where(is_pos.unsqueeze(1), matched, flat_anchors)  # others encode onto themselves
+        has_gt = paddle.gather(gt.num, image) > 0  # (then the match is a real box, not padding)
+        matched = paddle.where(has_gt.unsqueeze(1), matched, flat_anchors)  # no truth: zero targets
         targets = bbox2delta(flat_anchors, matched, [1.0, 1.0, 1.0, 1.0])
         labels.stop_gradient = True
         targets.stop_gradient = True

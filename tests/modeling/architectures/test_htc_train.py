@@ -26,7 +26,8 @@ def build_tiny_train_model(overrides=None, seed=0):
     from ppdet_htc.engine.model_builder import build_model
 
     paddle.seed(seed)
-    model = build_model(load_config(TINY, overrides))
+    # The reference rasterises polygon mask targets (PaddleDetection's method, MaskAssigner.target=polygon).
+    model = build_model(load_config(TINY, list(overrides or []) + ["MaskAssigner.target=polygon"]))
     model.train()
     return model
 
@@ -48,8 +49,8 @@ def run_train_step_recording(model, batch):
     mask_assigner, mask_feat = mask_head.mask_assigner, mask_head.head
     current = []
 
-    def rec_assigner(r, n, gt_boxes, gt_classes, stage=None):
-        s = assigner(r, n, gt_boxes, gt_classes, stage=stage)
+    def rec_assigner(r, n, gt, stage=None):
+        s = assigner(r, n, gt, stage=stage)
         key = "mask" if "box" in stages[stage] else "box"
         stages[stage][key + "_input"] = (r.numpy(), n.numpy())
         stages[stage][key] = {"rois": s.rois.numpy(), "rois_num": s.rois_num.numpy(), "labels": s.labels.numpy(),
@@ -63,8 +64,8 @@ def run_train_step_recording(model, batch):
         stages[t]["logits"], stages[t]["deltas"] = logit.numpy(), deltas.numpy()
         return logit, deltas
 
-    def rec_mask_assigner(sampled, segms):
-        out = mask_assigner(sampled, segms)
+    def rec_mask_assigner(sampled, source):
+        out = mask_assigner(sampled, source)
         stages[current[0]]["mask_targets"] = tuple(o.numpy() for o in out)
         return out
 

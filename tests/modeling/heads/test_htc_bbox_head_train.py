@@ -18,15 +18,16 @@ def build_cascade_head(num_classes=3, in_channel=8, fc_channel=16, mask_channel=
     with the default stage delta weights (10,10,5,5)/(20,20,10,10)/(30,30,15,15), stage loss weights
     1/0.5/0.25, cascade IoUs 0.5/0.6/0.7, FPN strides 4..64, 7x7 box / 14x14 mask RoIAlign
     (aligned, adaptive sampling) and 28x28 mask targets."""
-    from ppdet_htc.modeling.heads.htc_bbox_head import HybridTaskCascadeHead, HybridTaskCascadeTwoFCHead
+    from ppdet_htc.modeling.heads.box_heads import HybridTaskCascadeTwoFCHead
     from ppdet_htc.modeling.heads.htc_mask_head import HybridTaskMaskFeat, HybridTaskMaskHead
+    from ppdet_htc.modeling.heads.htc_roi_head import HybridTaskCascadeHead
     from ppdet_htc.modeling.heads.roi_assigner import BBoxAssigner, MaskAssigner
 
     align = {"sampling_ratio": 0, "aligned": True}
     mask_head = HybridTaskMaskHead(
         head=HybridTaskMaskFeat(in_channel=in_channel, out_channel=mask_channel, num_convs=mask_convs,
                                 num_cascade_stages=3, num_classes=num_classes),
-        roi_extractor=dict(align, resolution=14), mask_assigner=MaskAssigner(num_classes, 28),
+        roi_extractor=dict(align, resolution=14), mask_assigner=MaskAssigner(num_classes, 28, target="polygon"),
         num_classes=num_classes, in_channel=in_channel,
     )
     return HybridTaskCascadeHead(
@@ -34,7 +35,7 @@ def build_cascade_head(num_classes=3, in_channel=8, fc_channel=16, mask_channel=
         roi_extractor=dict(align, resolution=7),
         bbox_assigner=BBoxAssigner(batch_size_per_im=batch_size_per_im, fg_fraction=fg_fraction,
                                    use_random=use_random, cascade_iou=[0.5, 0.6, 0.7], num_classes=num_classes),
-        num_classes=num_classes, mask_head=mask_head,
+        num_classes=num_classes, mask_head=mask_head, roi_channels=in_channel,
     )
 
 
@@ -48,7 +49,7 @@ def randomize_parameters(layer, seed, std):
 def run_drop_gt_and_empty(boxes, rois_num, is_gt):
     """Ground-truth removal between stages. boxes ``[M,4]`` (refined, image-major), rois_num ``[B]``,
     is_gt ``[M]`` bool. Returns numpy ``(boxes [K,4], rois_num [B])``."""
-    from ppdet_htc.modeling.heads.htc_bbox_head import HybridTaskCascadeHead
+    from ppdet_htc.modeling.heads.htc_roi_head import drop_gt_and_empty
     from ppdet_htc.modeling.heads.roi_assigner import SampledRoIs
 
     m = len(boxes)
@@ -56,7 +57,7 @@ def run_drop_gt_and_empty(boxes, rois_num, is_gt):
     boxes = paddle.to_tensor(np.asarray(boxes, np.float32))
     sampled = SampledRoIs(boxes, paddle.to_tensor(np.asarray(rois_num, np.int32)), zeros, paddle.zeros([m, 4]), zeros,
                           paddle.to_tensor(np.asarray(is_gt, bool)))
-    out, nums = HybridTaskCascadeHead._drop_gt_and_empty(boxes, sampled)
+    out, nums = drop_gt_and_empty(boxes, sampled)
     return out.numpy(), nums.numpy()
 
 
@@ -108,8 +109,8 @@ def run_cascade_loss_recording(head, feats, rois, rois_num, inputs):
     mask_assigner, mask_feat = mask_head.mask_assigner, mask_head.head
     current = []
 
-    def rec_assigner(r, n, gt_boxes, gt_classes, stage=None):
-        s = assigner(r, n, gt_boxes, gt_classes, stage=stage)
+    def rec_assigner(r, n, gt, stage=None):
+        s = assigner(r, n, gt, stage=stage)
         key = "mask" if "box" in records[stage] else "box"
         records[stage][key + "_input"] = (r.numpy(), n.numpy())
         records[stage][key] = _sampled_np(s)
@@ -121,8 +122,8 @@ def run_cascade_loss_recording(head, feats, rois, rois_num, inputs):
         records[t]["logits"], records[t]["deltas"] = logit.numpy(), deltas.numpy()
         return logit, deltas
 
-    def rec_mask_assigner(sampled, segms):
-        out = mask_assigner(sampled, segms)
+    def rec_mask_assigner(sampled, source):
+        out = mask_assigner(sampled, source)
         records[current[0]]["mask_targets"] = tuple(o.numpy() for o in out)
         return out
 

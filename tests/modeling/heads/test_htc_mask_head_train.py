@@ -23,7 +23,7 @@ def build_mask_head(in_channel, out_channel, num_convs, num_classes, num_stages=
         head=HybridTaskMaskFeat(in_channel=in_channel, out_channel=out_channel, num_convs=num_convs,
                                 num_cascade_stages=num_stages, num_classes=num_classes),
         roi_extractor={"resolution": 14, "sampling_ratio": 0, "aligned": True},
-        mask_assigner=MaskAssigner(num_classes=num_classes, mask_resolution=28),
+        mask_assigner=MaskAssigner(num_classes=num_classes, mask_resolution=28, target="polygon"),
         num_classes=num_classes, in_channel=in_channel,
     )
 
@@ -51,7 +51,7 @@ def run_mask_assigner(rois, rois_num, labels, gt_index, gt_segms, num_classes, r
     """Mask targets of the foreground rows (label in ``[0, C)``) of sampled RoIs (``rois [M,4]``,
     ``rois_num [B]``, ``labels [M]``, ``gt_index [M]``); gt_segms: per image, per object polygons.
     Returns numpy ``(rois [N,4], rois_num [B], labels [N], targets [N,res,res] float32)``."""
-    from ppdet_htc.modeling.heads.roi_assigner import MaskAssigner, SampledRoIs
+    from ppdet_htc.modeling.heads.roi_assigner import MaskAssigner, MaskTargetSource, SampledRoIs
 
     m = len(labels)
     def t(x, dtype):
@@ -59,7 +59,8 @@ def run_mask_assigner(rois, rois_num, labels, gt_index, gt_segms, num_classes, r
 
     sampled = SampledRoIs(t(rois, np.float32), t(rois_num, np.int32), t(labels, np.int64), paddle.zeros([m, 4]),
                           t(gt_index, np.int64), paddle.zeros([m], dtype="bool"))
-    out = MaskAssigner(num_classes=num_classes, mask_resolution=resolution)(sampled, gt_segms)
+    assigner = MaskAssigner(num_classes=num_classes, mask_resolution=resolution, target="polygon")
+    out = assigner(sampled, MaskTargetSource(None, polygons=gt_segms))
     return tuple(o.numpy() for o in out)
 
 

@@ -23,13 +23,15 @@ def run_assigner(rois, rois_num, gt_boxes, gt_classes, stage, **cfg):
     ``gt_index [M]`` (index of that ground truth in its image), ``is_gt [M]`` bool.
     """
     from ppdet_htc.modeling.heads.roi_assigner import BBoxAssigner
+    from ppdet_htc.modeling.sampling import GroundTruth
 
     assigner = BBoxAssigner(**cfg)
+    gt = GroundTruth.from_lists([paddle.to_tensor(np.asarray(g, np.float32).reshape(-1, 4)) for g in gt_boxes],
+                                [paddle.to_tensor(np.asarray(c, np.int32).reshape(-1, 1)) for c in gt_classes])
     s = assigner(
         paddle.to_tensor(np.asarray(rois, np.float32).reshape(-1, 4)),
         paddle.to_tensor(np.asarray(rois_num, np.int32)),
-        [paddle.to_tensor(np.asarray(g, np.float32).reshape(-1, 4)) for g in gt_boxes],
-        [paddle.to_tensor(np.asarray(c, np.int32).reshape(-1, 1)) for c in gt_classes],
+        gt,
         stage=stage,
     )
     return {
