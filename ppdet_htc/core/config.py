@@ -423,6 +423,8 @@ def build_nested(cls, spec, path=(), cfg=None):
         return create(spec, cfg, where=".".join(path))
     if not isinstance(spec, dict) and not isinstance(spec, (str, int, float, bool, list, tuple)):
         return spec
+    if isinstance(spec, dict) and spec.get("name") not in (None, cls.__name__):
+        return build_component(spec, where=".".join(path), cfg=cfg)
     if not isinstance(spec, dict):
         raise ConfigError(
             "{}: {} must be a mapping of {} arguments, got {!r}".format(
@@ -511,7 +513,8 @@ def create(cls_or_name, cfg=None, section=None, where="", **kwargs):
 
         for key, sub in getattr(cls, "__nested__", {}).items():
             value = cls_kwargs.get(key)
-            if key not in derived and isinstance(value, dict) and not isinstance(value, TaggedDict):
+            if key not in derived and isinstance(value, dict) and not isinstance(value, TaggedDict) \
+                    and value.get("name") in (None, sub):
                 subcls = lookup(sub)
                 _check_keys(subcls, cls_kwargs[key], cfg, path + (key,))
                 _check_kwargs(subcls, cls_kwargs[key], cfg, path + (key,))

@@ -17,7 +17,7 @@ from typing import List, Sequence
 
 import paddle
 
-from ..core import register
+from ..core import serializable
 from . import box_utils
 
 __all__ = ["DeltaBBoxCoder", "DeltaXYWHBBoxCoder", "build_box_coder"]
@@ -34,7 +34,7 @@ class _Coder(object):
         return box_utils.clip_boxes(boxes, hw)
 
 
-@register
+@serializable
 class DeltaBBoxCoder(_Coder):
     """PaddleDetection's ``delta2bbox`` / ``bbox2delta`` with per-coordinate ``weights`` (divisors)."""
 
@@ -55,7 +55,7 @@ class DeltaBBoxCoder(_Coder):
         return "DeltaBBoxCoder(weights={})".format(self.weights)
 
 
-@register
+@serializable
 class DeltaXYWHBBoxCoder(_Coder):
     """mmdetection's ``DeltaXYWHBBoxCoder``: ``d * stds + means``, log-size clamped to ``±log(1000/16)``.
 

@@ -1,12 +1,12 @@
 """Elementwise regression losses (summed and normalised by the caller)."""
 import paddle
 
-from ..core import register
+from ..core import serializable
 
 __all__ = ["L1Loss", "SmoothL1Loss", "build_loss"]
 
 
-@register
+@serializable
 class L1Loss(object):
     """``|d|`` per element."""
 
@@ -14,7 +14,7 @@ class L1Loss(object):
         return paddle.abs(diff)
 
 
-@register
+@serializable
 class SmoothL1Loss(object):
     """``0.5 d^2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 beta`` (``beta <= 0``: L1)."""
 

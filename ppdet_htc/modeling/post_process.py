@@ -16,14 +16,14 @@ from typing import List
 
 import paddle
 
-from ..core import register
+from ..core import register, serializable
 from . import box_utils, ops
 from .box_coder import DeltaBBoxCoder
 
 __all__ = ["RCNNBox", "MultiClassNMS", "BatchedNMS", "BBoxPostProcess", "MaskPostProcess"]
 
 
-@register
+@serializable
 class RCNNBox(DeltaBBoxCoder):
     """PaddleDetection's name for the final box decoder: class-agnostic deltas divided by
     ``prior_box_var``, clipped to the (float) input image size."""
@@ -40,7 +40,7 @@ class RCNNBox(DeltaBBoxCoder):
         return self.decode_and_clip(deltas, rois, rois_num, im_shape)
 
 
-@register
+@serializable
 class MultiClassNMS(object):
     """Per-class NMS settings (``multiclass_nms3``): score > ``score_threshold``, IoU > ``nms_threshold``
     suppressed, at most ``keep_top_k`` detections per image over all classes. Output rows of an image are
@@ -68,7 +68,7 @@ class MultiClassNMS(object):
         return dets, dets_num
 
 
-@register
+@serializable
 class BatchedNMS(object):
     """mmdetection's ``multiclass_nms`` for class-agnostic boxes: every ``(RoI, class)`` with score
     ``> score_threshold`` is a candidate (RoI-major), class-wise NMS by mmcv's coordinate-offset trick
@@ -137,6 +137,13 @@ class BBoxPostProcess(object):
             return self._scale_to_input(dets, dets_num, scale_factor, origin)
         return self._rescale_and_clip(dets, dets_num, scale_factor, origin)
 
+    def paste_boxes(self, dets_input, dets_orig, dets_num, scale_factor):
+        """Boxes (original pixels) the masks are pasted at: the output boxes (PaddleDetection), or
+        mmdetection 2.x's round trip ``(B' * sf) / sf`` of the mask RoIs (within 1 ulp of the output box)."""
+        if not self.rescale_before_nms or box_utils.known_empty(dets_input):
+            return dets_orig[:, 2:]
+        return dets_input[:, 2:] / _box_scale(scale_factor, box_utils.roi_image_index(dets_num))
+
     @staticmethod
     def _scale_to_input(dets, dets_num, scale_factor, origin):
         """mmdetection: detections stay as they are (original scale, not clipped); mask RoIs are ``B' * sf``."""
@@ -189,10 +196,11 @@ class MaskPostProcess(object):
         hw = paddle.full([probs.shape[0], 2], 0, dtype="int32") + paddle.to_tensor([height, width], dtype="int32")
         return ops.paste_masks(probs, boxes, hw, (int(height), int(width)), self.binary_thresh)
 
-    def __call__(self, probs, dets_orig, dets_num, origin_shape):
-        """All images at once on a shared canvas (exported programs, where sizes are tensors): uint8
-        ``[K, H_max, W_max]``; rows of image i are valid in ``[:h_i, :w_i]``."""
+    def __call__(self, probs, boxes, dets_num, origin_shape):
+        """All images at once on a shared canvas (exported programs, where sizes are tensors): ``probs
+        [K,M,M]`` pasted at ``boxes [K,4]`` -> uint8 ``[K, H_max, W_max]``; rows of image i are valid in
+        ``[:h_i, :w_i]``."""
         img = box_utils.roi_image_index(dets_num)
         hw = paddle.gather(origin_shape, img)
         canvas = origin_shape.max(axis=0)
-        return ops.paste_masks(probs, dets_orig[:, 2:], hw, (canvas[0], canvas[1]), self.binary_thresh)
+        return ops.paste_masks(probs, boxes, hw, (canvas[0], canvas[1]), self.binary_thresh)

@@ -121,8 +121,9 @@ class HybridTaskCascade(nn.Layer):
                 probs, deltas, last_rois, rois_num, im_shape, scale_factor, placeholder=exported)
         labels = dets_in[:, 0].astype("int64")
         mask_prob = self.bbox_head.mask_head.predict(feats, dets_in[:, 2:], dets_num, labels, semantic_feat)
-        out = {"bbox": dets_out, "bbox_num": dets_num, "mask_prob": mask_prob, "mask_box": dets_out[:, 2:],
+        mask_box = self.bbox_post_process.paste_boxes(dets_in, dets_out, dets_num, scale_factor)
+        out = {"bbox": dets_out, "bbox_num": dets_num, "mask_prob": mask_prob, "mask_box": mask_box,
                "origin_shape": origin_shape}
         if exported:
-            out["mask"] = self.mask_post_process(mask_prob, dets_out, dets_num, origin_shape)
+            out["mask"] = self.mask_post_process(mask_prob, mask_box, dets_num, origin_shape)
         return out

@@ -14,7 +14,7 @@ from typing import List, Optional, Union
 import paddle
 import paddle.nn.functional as F
 
-from ...core import register
+from ...core import register, serializable
 from .. import ops
 from ..box_utils import known_empty, roi_image_index
 from ..shape_spec import ShapeSpec
@@ -22,7 +22,7 @@ from ..shape_spec import ShapeSpec
 __all__ = ["CanonicalLevelMapper", "FinestScaleLevelMapper", "RoIAlign", "RoIFeatureExtractor"]
 
 
-@register
+@serializable
 class CanonicalLevelMapper(object):
     """Level ``floor(log2(sqrt(area) / canonical_size + eps) + canonical_level)`` (FPN paper, PaddleDetection).
 
@@ -45,7 +45,7 @@ class CanonicalLevelMapper(object):
         return multi, restore.reshape([-1]), nums
 
 
-@register
+@serializable
 class FinestScaleLevelMapper(object):
     """mmdetection's rule: ``floor(log2(sqrt(w * h) / finest_scale + 1e-6))`` clamped to the levels
     (level 0 = the first pooled map, P2); ``finest_scale`` 56 (SEMANTICS_MMDET §6.1, Quirk M5)."""

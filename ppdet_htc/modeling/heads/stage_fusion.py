@@ -7,12 +7,12 @@ mmdetection 3.x (a known bug, SEMANTICS_MMDET Quirk M12) keeps only the last mas
 """
 import paddle.nn.functional as F
 
-from ...core import register
+from ...core import serializable
 
 __all__ = ["MeanLogitsFusion", "MaskStageFusion", "build_fusion"]
 
 
-@register
+@serializable
 class MeanLogitsFusion(object):
     """``softmax((l_0 + l_1 + ... + l_{T-1}) / T)`` over the class axis (background included)."""
 
@@ -23,7 +23,7 @@ class MeanLogitsFusion(object):
         return F.softmax(total / float(len(logits)), axis=-1)
 
 
-@register
+@serializable
 class MaskStageFusion(object):
     """Per-detection mask probability from the stages' logits of the detection's class ``[K,M,M]``.
 

@@ -2,14 +2,14 @@
 import paddle
 import paddle.nn.functional as F
 
-from ...core import register
+from ...core import serializable
 from .. import box_utils, ops
 from ..box_coder import DeltaXYWHBBoxCoder
 
 __all__ = ["ProposalGenerator", "BatchedNMSProposalGenerator", "collect_top_proposals"]
 
 
-@register
+@serializable
 class ProposalGenerator(object):
     """Settings of one proposal pass (train or test), as in PaddleDetection.
 
@@ -52,7 +52,7 @@ class ProposalGenerator(object):
         return collect_top_proposals(rois, probs, nums, self.post_nms_top_n)
 
 
-@register
+@serializable
 class BatchedNMSProposalGenerator(object):
     """mmdetection's RPN proposals (SEMANTICS_MMDET §5.3): per image and level the ``pre_nms_top_n`` anchors
     with the highest *sigmoid* score, all levels decoded at once (stds 1, log-size clamped both sides,
