@@ -3,7 +3,9 @@ import copy
 import hashlib
 import importlib
 import os
+import pickle
 
+import numpy as np
 import pytest
 import yaml
 
@@ -23,7 +25,7 @@ OFFICIAL_URLS = {
     "ResNet101_vd_pretrained":
         "https://paddledet.bj.bcebos.com/models/pretrained/ResNet101_vd_pretrained.pdparams",
 }
-WEIGHTS = b"pretend these are weights" * 100
+WEIGHTS = pickle.dumps({"w": np.arange(600, dtype=np.float32)}, protocol=4)  # a small, complete .pdparams
 
 
 @pytest.fixture
@@ -156,7 +158,8 @@ def test_local_path_without_suffix(tmp_path):
 def test_url_is_downloaded_to_cache(server, tmp_path):
     url = server.add("direct.pdparams", WEIGHTS)
     path = mz.resolve_weights(url, progress=False)
-    assert path == str(tmp_path / "home" / "weights" / "direct.pdparams")
+    assert path == dl.cache_path_for_url(url, str(tmp_path / "home" / "weights"))
+    assert path.endswith("_direct.pdparams")
     with open(path, "rb") as f:
         assert f.read() == WEIGHTS
 
@@ -164,14 +167,14 @@ def test_url_is_downloaded_to_cache(server, tmp_path):
 def test_url_with_dest_dir(server, tmp_path):
     url = server.add("direct.pdparams", WEIGHTS)
     path = mz.resolve_weights(url, dest_dir=str(tmp_path / "d"))
-    assert path == str(tmp_path / "d" / "direct.pdparams")
+    assert path == dl.cache_path_for_url(url, str(tmp_path / "d"))
 
 
 def test_zoo_name_downloads_and_verifies_sha256(server, tmp_path):
     digest = hashlib.sha256(WEIGHTS).hexdigest()
     manifest = [entry("tiny_zoo_model", url=server.add("tiny.pdparams", WEIGHTS), sha256=digest)]
     path = mz.resolve_weights("tiny_zoo_model", manifest=manifest)
-    assert path == str(tmp_path / "home" / "weights" / "tiny.pdparams")
+    assert path == dl.cache_path_for_url(manifest[0]["url"], str(tmp_path / "home" / "weights"))
     assert mz.resolve_weights("tiny_zoo_model", manifest=manifest) == path
     assert len(server.requests("tiny.pdparams")) == 1  # second call is a cache hit
 
@@ -187,11 +190,11 @@ def test_packaged_entry_resolves_through_monkeypatched_manifest(server, monkeypa
     models = copy.deepcopy(mz.list_models())
     for item in models:
         if item["name"] == "ResNet50_cos_pretrained":
-            item["url"] = server.add("ResNet50_cos_pretrained.pdparams", WEIGHTS)
+            item["url"] = url = server.add("ResNet50_cos_pretrained.pdparams", WEIGHTS)
     real_load = mz.load_manifest
     monkeypatch.setattr(mz, "load_manifest", lambda manifest=None: real_load(manifest or models))
     path = mz.resolve_weights("ResNet50_cos_pretrained")
-    assert path == str(tmp_path / "home" / "weights" / "ResNet50_cos_pretrained.pdparams")
+    assert path == dl.cache_path_for_url(url, str(tmp_path / "home" / "weights"))
 
 
 def test_bundled_entry_resolves_to_repo_file(tmp_path):
