@@ -293,11 +293,13 @@ def _model_shapes(model):
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
-def _format_report(report, limit=20):
+def _format_report(report, limit=20, titles=None):
+    titles = dict({"missing": "missing in checkpoint", "unexpected": "unexpected in checkpoint",
+                   "shape": "shape mismatch"}, **(titles or {}))
     lines = []
-    for title, items in (("missing in checkpoint", report["missing"]),
-                         ("unexpected in checkpoint", report["unexpected"]),
-                         ("shape mismatch", report["shape"])):
+    for title, items in ((titles["missing"], report["missing"]),
+                         (titles["unexpected"], report["unexpected"]),
+                         (titles["shape"], report["shape"])):
         if not items:
             continue
         lines.append("  {} ({}):".format(title, len(items)))
