@@ -81,19 +81,25 @@ except ImportError:  # pragma: no cover - Windows
 
 
 class DownloadError(OSError):
-    """A file could not be fetched; the message says where to place it by hand."""
+    """A file could not be fetched; the message says where to place it by hand.
 
-    def __init__(self, url, reason, path):
+    ``alternative``, when given, is appended: another way to get what is needed (e.g. where a converted
+    file can be placed instead of the download).
+    """
+
+    def __init__(self, url, reason, path, alternative=None):
         self.url = url
         self.reason = reason
         self.path = path
+        self.alternative = alternative
         super().__init__(
             f"Could not download {url}: {reason}. If this machine has no internet access, "
             f"download the file on another machine and place it by hand at {path}"
+            + (f" ({alternative})" if alternative else "")
         )
 
     def __reduce__(self):
-        return (type(self), (self.url, self.reason, self.path))
+        return (type(self), (self.url, self.reason, self.path, self.alternative))
 
 
 class ChecksumError(DownloadError):
