@@ -34,10 +34,11 @@ def _run(main, argv):
     from .core import ConfigError
     from .data.transforms import ImageDecodeError
     from .engine.checkpoint import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
+    from .utils.download import DownloadError
 
     setup_logger()
     user_errors = (ConfigError, FileNotFoundError, ImageDecodeError, CheckpointError, CheckpointMismatchError,
-                   UnsafeCheckpointError, KeyError, ValueError)
+                   UnsafeCheckpointError, DownloadError, KeyError, ValueError)
     try:
         return main(argv)
     except user_errors as e:
