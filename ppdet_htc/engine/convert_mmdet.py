@@ -1,7 +1,7 @@
 """Convert mmdetection HTC weights (``.pth`` in either PyTorch format, or ``.npz``/``.pdparams`` holding
 mmdetection's key names) into a ``.pdparams`` for the model of a config.
 
-Every mmdetection key is mapped by rule (the table in docs: notes/TEAM.md; summary below), Linear weights are
+Every mmdetection key is mapped by rule (the table below), Linear weights are
 transposed (PyTorch ``[out, in]`` -> Paddle ``[in, out]``), ``num_batches_tracked`` is dropped, and the result
 must cover the model exactly: mmdetection keys without a target, model keys without a source and shape
 mismatches are one error that lists them by name. Values must be finite floating point numbers.
