@@ -50,6 +50,7 @@ setup(
             "ppdet-htc-infer=ppdet_htc.cli:infer_main",
             "ppdet-htc-eval=ppdet_htc.cli:eval_main",
             "ppdet-htc-train=ppdet_htc.cli:train_main",
+            "ppdet-htc-convert-mmdet=ppdet_htc.cli:convert_mmdet_main",
         ]
     },
 )

@@ -9,8 +9,8 @@ import sys
 
 from .utils.logger import setup_logger
 
-__all__ = ["infer_main", "eval_main", "train_main", "benchmark_main", "export_main", "base_parser",
-           "load_cli_config"]
+__all__ = ["infer_main", "eval_main", "train_main", "benchmark_main", "export_main", "convert_mmdet_main",
+           "base_parser", "load_cli_config"]
 
 logger = logging.getLogger("ppdet_htc")
 
@@ -34,10 +34,11 @@ def _run(main, argv):
     from .core import ConfigError
     from .data.transforms import ImageDecodeError
     from .engine.checkpoint import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
+    from .utils.download import DownloadError
 
     setup_logger()
     user_errors = (ConfigError, FileNotFoundError, ImageDecodeError, CheckpointError, CheckpointMismatchError,
-                   UnsafeCheckpointError, KeyError, ValueError)
+                   UnsafeCheckpointError, DownloadError, KeyError, ValueError)
     try:
         return main(argv)
     except user_errors as e:
@@ -213,5 +214,33 @@ def export_main(argv=None):
         export_model(cfg, out, draw_threshold=args.draw_threshold)
         print("exported to {}".format(out))
         return out
+
+    return _run(main, argv)
+
+
+def convert_mmdet_main(argv=None):
+    """``scripts/convert_mmdet.py``: mmdetection HTC weights (.pth/.npz) -> .pdparams for a config's model."""
+    def main(argv):
+        p = argparse.ArgumentParser(
+            description="Convert mmdetection HTC weights (.pth in either PyTorch format, or .npz/.pdparams with "
+                        "mmdetection's key names) into a .pdparams for the model of a config. Every key must map: "
+                        "unmatched keys and shape mismatches are listed by name and nothing is written.",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--src", nargs="+", required=True,
+                       help="mmdetection weights; several files are merged (e.g. weights + semantic head)")
+        p.add_argument("-c", "--config", required=True, help="YAML config of the model to convert for")
+        p.add_argument("--out", default=None, help="output .pdparams (default: the first --src with .pdparams)")
+        p.add_argument("-o", "--opt", nargs="*", default=[], action="extend",
+                       help="override config keys, e.g. -o num_classes=4")
+        args = p.parse_args(argv)
+        from .engine.convert_mmdet import convert_mmdet_checkpoint
+
+        out = args.out or os.path.splitext(args.src[0])[0] + ".pdparams"
+        summary = convert_mmdet_checkpoint(args.src, args.config, out, overrides=args.opt)
+        version = (summary["meta"] or {}).get("mmdet_version")
+        print("converted {} tensors from {}{} for {} -> {}".format(
+            summary["tensors"], " + ".join(summary["sources"]),
+            " (mmdetection {})".format(version) if version else "", args.config, summary["out"]))
+        return summary
 
     return _run(main, argv)

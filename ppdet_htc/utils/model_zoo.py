@@ -4,21 +4,28 @@ Configs and the command line say ``weights: <spec>`` where the spec may be a loc
 http(s) URL or a model-zoo name; ``resolve_weights`` turns any of these into a local path so the
 loader never has to care where the file came from. The names live in ``model_zoo.yml`` next to
 this module. Weights are not loaded here.
+
+Entries with ``format: mmdet_pth`` name mmdetection's published checkpoints: resolving one downloads
+the ``.pth`` (its sha256 must start with the 8 hex digits in its file name, mmdetection's convention),
+converts it once for the entry's config (under a lock, written atomically) and returns the cached
+``.pdparams`` next to it. Conversion needs Paddle; everything else here does not.
 """
 import copy
 import difflib
+import logging
 import os
 import re
 import urllib.parse
 
 import yaml
 
-from .download import download
+from .download import DownloadError, _file_lock, cache_path_for_url, download
 
 __all__ = [
     "DEFAULT_MANIFEST",
     "REPO_ROOT",
     "UnknownModelError",
+    "converted_path",
     "get_entry",
     "list_models",
     "load_manifest",
@@ -26,12 +33,18 @@ __all__ = [
     "resolve_weights",
 ]
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_zoo.yml")
 # Bundled ``path`` entries are relative to the repository root (the parent of ``ppdet_htc``).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEIGHTS_SUFFIX = ".pdparams"
 REQUIRED_FIELDS = ("name", "sha256", "config", "metrics", "description")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+# Source formats of an entry's file: a Paddle checkpoint, or an mmdetection .pth converted on first use.
+FORMATS = ("pdparams", "mmdet_pth")
+# mmdetection names its files <config>_<date>-<first 8 hex digits of the file's sha256>.pth
+_MMDET_FILE_RE = re.compile(r"-([0-9a-f]{8})\.pth$")
 
 
 class UnknownModelError(KeyError):
@@ -100,6 +113,15 @@ def _validate_entry(entry, where):
         raise ValueError(f"{where}: 'config' must be a path string or null")
     if entry["metrics"] is not None and not isinstance(entry["metrics"], dict):
         raise ValueError(f"{where}: 'metrics' must be a mapping or null")
+    fmt = entry.get("format", "pdparams")
+    if fmt not in FORMATS:
+        raise ValueError(f"{where}: 'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "mmdet_pth":
+        if "url" not in entry or not _MMDET_FILE_RE.search(urllib.parse.urlparse(entry["url"]).path):
+            raise ValueError(f"{where}: an mmdet_pth entry needs a 'url' whose file name ends with "
+                             f"-<8 hex digits of its sha256>.pth (mmdetection's convention)")
+        if not entry["config"]:
+            raise ValueError(f"{where}: an mmdet_pth entry needs the 'config' its weights are converted for")
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,9 +194,45 @@ def _is_http_url(spec):
 
 
 def _resolve_entry(entry, dest_dir, progress):
+    if entry.get("format") == "mmdet_pth":
+        return _resolve_mmdet(entry, dest_dir, progress)
     if "url" in entry:
         return download(entry["url"], dest_dir=dest_dir, sha256=entry["sha256"], progress=progress)
     return _bundled_path(entry)
+
+
+def converted_path(entry, dest_dir=None):
+    """Where the converted ``.pdparams`` of an ``mmdet_pth`` entry is cached (next to its ``.pth``)."""
+    return os.path.splitext(cache_path_for_url(entry["url"], dest_dir))[0] + WEIGHTS_SUFFIX
+
+
+def _resolve_mmdet(entry, dest_dir, progress):
+    """Download (or find) mmdetection's .pth, check its sha256 prefix, convert it once, return the .pdparams."""
+    out = converted_path(entry, dest_dir)
+    if os.path.isfile(out):
+        return out
+    config = os.path.join(REPO_ROOT, entry["config"])
+    if not os.path.isfile(config):
+        raise FileNotFoundError(
+            f"Model-zoo entry {entry['name']!r}: its config {config} is missing; it is needed to convert the "
+            f"mmdetection weights (or place an already converted file at {out})")
+    prefix = _MMDET_FILE_RE.search(urllib.parse.urlparse(entry["url"]).path).group(1)
+    try:
+        pth = download(entry["url"], dest_dir=dest_dir, sha256=entry["sha256"], sha256_prefix=prefix,
+                       progress=progress)
+    except DownloadError as err:
+        if type(err) is not DownloadError:  # a checksum mismatch says what it needs to
+            raise
+        raise DownloadError(err.url, err.reason, err.path,
+                            alternative=f"or a file converted by `ppdet-htc-convert-mmdet --src <the .pth> --config "
+                                        f"{entry['config']} --out {out}` at {out}") from None
+    with _file_lock(out + ".lock"):
+        if not os.path.isfile(out):  # another process may have converted it while we waited
+            from ..engine.convert_mmdet import convert_mmdet_checkpoint
+
+            logger.info("Converting mmdetection checkpoint %s for %s", pth, config)
+            convert_mmdet_checkpoint(pth, config, out)
+    return out
 
 
 def _bundled_path(entry):

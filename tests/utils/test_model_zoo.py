@@ -3,7 +3,9 @@ import copy
 import hashlib
 import importlib
 import os
+import pickle
 
+import numpy as np
 import pytest
 import yaml
 
@@ -23,7 +25,7 @@ OFFICIAL_URLS = {
     "ResNet101_vd_pretrained":
         "https://paddledet.bj.bcebos.com/models/pretrained/ResNet101_vd_pretrained.pdparams",
 }
-WEIGHTS = b"pretend these are weights" * 100
+WEIGHTS = pickle.dumps({"w": np.arange(600, dtype=np.float32)}, protocol=4)  # a small, complete .pdparams
 
 
 @pytest.fixture
@@ -156,7 +158,8 @@ def test_local_path_without_suffix(tmp_path):
 def test_url_is_downloaded_to_cache(server, tmp_path):
     url = server.add("direct.pdparams", WEIGHTS)
     path = mz.resolve_weights(url, progress=False)
-    assert path == str(tmp_path / "home" / "weights" / "direct.pdparams")
+    assert path == dl.cache_path_for_url(url, str(tmp_path / "home" / "weights"))
+    assert path.endswith("_direct.pdparams")
     with open(path, "rb") as f:
         assert f.read() == WEIGHTS
 
@@ -164,14 +167,14 @@ def test_url_is_downloaded_to_cache(server, tmp_path):
 def test_url_with_dest_dir(server, tmp_path):
     url = server.add("direct.pdparams", WEIGHTS)
     path = mz.resolve_weights(url, dest_dir=str(tmp_path / "d"))
-    assert path == str(tmp_path / "d" / "direct.pdparams")
+    assert path == dl.cache_path_for_url(url, str(tmp_path / "d"))
 
 
 def test_zoo_name_downloads_and_verifies_sha256(server, tmp_path):
     digest = hashlib.sha256(WEIGHTS).hexdigest()
     manifest = [entry("tiny_zoo_model", url=server.add("tiny.pdparams", WEIGHTS), sha256=digest)]
     path = mz.resolve_weights("tiny_zoo_model", manifest=manifest)
-    assert path == str(tmp_path / "home" / "weights" / "tiny.pdparams")
+    assert path == dl.cache_path_for_url(manifest[0]["url"], str(tmp_path / "home" / "weights"))
     assert mz.resolve_weights("tiny_zoo_model", manifest=manifest) == path
     assert len(server.requests("tiny.pdparams")) == 1  # second call is a cache hit
 
@@ -187,11 +190,11 @@ def test_packaged_entry_resolves_through_monkeypatched_manifest(server, monkeypa
     models = copy.deepcopy(mz.list_models())
     for item in models:
         if item["name"] == "ResNet50_cos_pretrained":
-            item["url"] = server.add("ResNet50_cos_pretrained.pdparams", WEIGHTS)
+            item["url"] = url = server.add("ResNet50_cos_pretrained.pdparams", WEIGHTS)
     real_load = mz.load_manifest
     monkeypatch.setattr(mz, "load_manifest", lambda manifest=None: real_load(manifest or models))
     path = mz.resolve_weights("ResNet50_cos_pretrained")
-    assert path == str(tmp_path / "home" / "weights" / "ResNet50_cos_pretrained.pdparams")
+    assert path == dl.cache_path_for_url(url, str(tmp_path / "home" / "weights"))
 
 
 def test_bundled_entry_resolves_to_repo_file(tmp_path):
@@ -262,3 +265,195 @@ def test_download_does_not_need_paddle():
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) >= 5
+
+
+# --------------------------------------------------------------------------------------------
+# mmdetection's checkpoints: download the .pth, check its sha256 prefix, convert once, cache
+# --------------------------------------------------------------------------------------------
+
+MMDET_ZOO = {  # issue 10: mmdetection's published HTC checkpoints and their box / mask AP
+    "htc_r50_fpn_1x_coco": ("htc_r50_fpn_1x_coco_20200317-7332cf16.pth", 42.3, 37.4),
+    "htc_r50_fpn_20e_coco": ("htc_r50_fpn_20e_coco_20200319-fe28c577.pth", 43.3, 38.3),
+    "htc_r101_fpn_20e_coco": ("htc_r101_fpn_20e_coco_20200317-9b41b48f.pth", 44.8, 39.6),
+    "htc_x101_32x4d_fpn_16x1_20e_coco": ("htc_x101_32x4d_fpn_16x1_20e_coco_20200318-de97ae01.pth", 46.1, 40.5),
+    "htc_x101_64x4d_fpn_16x1_20e_coco": ("htc_x101_64x4d_fpn_16x1_20e_coco_20200318-b181fd7a.pth", 47.0, 41.4),
+    "htc_x101_64x4d_fpn_dconv_c3-c5_mstrain_400_1400_16x1_20e_coco": (
+        "htc_x101_64x4d_fpn_dconv_c3-c5_mstrain_400_1400_16x1_20e_coco_20200312-946fd751.pth", 50.4, 43.8),
+}
+R18_CONFIG = """
+_BASE_: ['{repo}/configs/htc/htc_without_semantic_r50_fpn_1x_coco.yml']
+num_classes: 4
+ResNet: {{depth: 18, variant: b}}
+FPN: {{out_channel: 128}}
+HybridTaskCascadeTwoFCHead: {{out_channel: 256}}
+HybridTaskMaskFeat: {{out_channel: 128, num_convs: 4}}
+"""
+
+
+def test_packaged_mmdet_entries():
+    models = {m["name"]: m for m in mz.list_models()}
+    for config_name, (file_name, box, mask) in MMDET_ZOO.items():
+        item = models["mmdet_" + config_name]
+        assert item["url"] == "https://download.openmmlab.com/mmdetection/v2.0/htc/{}/{}".format(config_name, file_name)
+        assert item["format"] == "mmdet_pth"
+        assert item["config"] == "configs/htc_mmdet/{}.yml".format(config_name)
+        assert item["metrics"]["bbox_ap"] == box and item["metrics"]["mask_ap"] == mask
+        assert item["metrics"]["dataset"] == "COCO val2017" and item["metrics"]["reproduced"] is False
+        assert "published by mmdetection" in item["metrics"]["source"]
+        assert "not reproduced" in item["metrics"]["source"]
+    assert sum(1 for m in models.values() if m.get("format") == "mmdet_pth") == len(MMDET_ZOO)
+
+
+def test_packaged_mmdet_configs_exist():
+    folder = os.path.join(mz.REPO_ROOT, "configs", "htc_mmdet")
+    if not os.path.isdir(folder):
+        pytest.skip("configs/htc_mmdet/ is not in this tree yet (the lead adds it); the entries name its files")
+    for item in mz.list_models():
+        if item.get("format") == "mmdet_pth":
+            assert os.path.isfile(os.path.join(mz.REPO_ROOT, item["config"])), item["config"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([entry("m", url="http://h/htc.pth", format="mmdet_pth", config="c.yml")], "8 hex digits"),
+    ([entry("m", url="http://h/htc_20200101-0123abcd.pth", format="mmdet_pth")], "needs the 'config'"),
+    ([entry("m", path="w/htc_20200101-0123abcd.pth", format="mmdet_pth", config="c.yml")], "needs a 'url'"),
+    ([entry("m", url="http://h/x.pdparams", format="onnx")], "'format' must be one of"),
+])
+def test_invalid_mmdet_entries_are_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
+        mz.load_manifest(bad)
+
+
+@pytest.fixture(scope="module")
+def mmdet_pth(tmp_path_factory):
+    """golden_visible's R18 weights (mmdetection names) as a published-style legacy .pth, float16 tensors."""
+    from tests.conftest import SHARED_REFERENCE
+    from tests.engine.pth_writer import write_pth
+
+    src = os.path.join(SHARED_REFERENCE, "mmdet", "golden_visible", "weights_noseg_mmdet_fp16.npz")
+    if not os.path.isfile(src):
+        pytest.skip("../shared/reference/mmdet/golden_visible is not available")
+    with np.load(src) as npz:
+        state = {k: npz[k] for k in npz.files}
+    tmp = tmp_path_factory.mktemp("mmdet_pth")
+    path = write_pth(str(tmp / "r18.pth"), {"meta": {"mmdet_version": "2.0.0", "epoch": 12}, "state_dict": state},
+                     fmt="legacy")
+    with open(path, "rb") as f:
+        data = f.read()
+    config = tmp / "htc_r18_mmdet.yml"
+    config.write_text(R18_CONFIG.format(repo=mz.REPO_ROOT))
+    return {"data": data, "prefix": hashlib.sha256(data).hexdigest()[:8], "config": str(config), "state": state}
+
+
+def mmdet_entry(server, pth, name="mmdet_tiny", prefix=None):
+    file_name = "htc_r18_20200317-{}.pth".format(prefix or pth["prefix"])
+    return entry(name, url=server.add(file_name, pth["data"]), format="mmdet_pth", config=pth["config"])
+
+
+def test_mmdet_name_downloads_checks_prefix_converts_once_and_caches(server, mmdet_pth, tmp_path, monkeypatch):
+    from ppdet_htc.engine import convert_mmdet
+    from ppdet_htc.engine.checkpoint import load_state_file
+
+    calls = []
+    real = convert_mmdet.convert_mmdet_checkpoint
+    monkeypatch.setattr(convert_mmdet, "convert_mmdet_checkpoint", lambda *a, **k: calls.append(a) or real(*a, **k))
+    manifest = [mmdet_entry(server, mmdet_pth)]
+    path = mz.resolve_weights("mmdet_tiny", manifest=manifest, progress=False)
+    cache = str(tmp_path / "home" / "weights")
+    pth_path = dl.cache_path_for_url(manifest[0]["url"], cache)
+    assert path == os.path.splitext(pth_path)[0] + ".pdparams" == mz.converted_path(manifest[0])
+    assert os.path.isfile(pth_path) and len(calls) == 1
+    state = load_state_file(path)
+    assert len(state) == 191 and "bbox_head.head.0.fc6.weight" in state
+    assert mz.resolve_weights("mmdet_tiny", manifest=manifest) == path  # cached: no download, no conversion
+    assert len(server.requests(os.path.basename(manifest[0]["url"]))) == 1 and len(calls) == 1
+    os.remove(path)  # only the .pth left: converted again, not downloaded again
+    assert mz.resolve_weights("mmdet_tiny", manifest=manifest) == path
+    assert len(server.requests(os.path.basename(manifest[0]["url"]))) == 1 and len(calls) == 2
+    leftovers = [n for n in os.listdir(cache) if n.endswith((".part", ".tmp"))]
+    assert leftovers == []
+
+
+def test_mmdet_pth_with_wrong_sha256_prefix_is_refused(server, mmdet_pth, tmp_path):
+    manifest = [mmdet_entry(server, mmdet_pth, prefix="0badc0de")]
+    with pytest.raises(ChecksumError) as info:
+        mz.resolve_weights("mmdet_tiny", manifest=manifest)
+    assert "0badc0de... (a prefix)" in str(info.value) and mmdet_pth["prefix"] in str(info.value)
+    cache = tmp_path / "home" / "weights"
+    assert not [n for n in os.listdir(cache) if n.endswith((".pth", ".pdparams"))]
+
+
+def test_mmdet_name_offline_says_where_to_put_either_file(mmdet_pth, tmp_path):
+    from .test_download import closed_port
+
+    url = "http://127.0.0.1:{}/mmdetection/htc_r18_20200317-{}.pth".format(closed_port(), mmdet_pth["prefix"])
+    manifest = [entry("mmdet_tiny", url=url, format="mmdet_pth", config=mmdet_pth["config"])]
+    with pytest.raises(dl.DownloadError) as info:
+        mz.resolve_weights("mmdet_tiny", manifest=manifest)
+    message = str(info.value)
+    cache = str(tmp_path / "home" / "weights")
+    assert url in message and "\n" not in message
+    assert dl.cache_path_for_url(url, cache) in message  # the .pth, by hand
+    assert mz.converted_path(manifest[0]) in message and "ppdet-htc-convert-mmdet" in message  # or the converted file
+    converted = mz.converted_path(manifest[0])  # placing the converted file there works offline
+    os.makedirs(os.path.dirname(converted), exist_ok=True)
+    with open(converted, "wb") as f:
+        f.write(WEIGHTS)
+    assert mz.resolve_weights("mmdet_tiny", manifest=manifest) == converted
+
+
+def test_mmdet_name_with_missing_config_names_it(server, mmdet_pth, tmp_path):
+    item = mmdet_entry(server, mmdet_pth)
+    item["config"] = "configs/htc_mmdet/not_there.yml"
+    with pytest.raises(FileNotFoundError, match="not_there.yml is missing"):
+        mz.resolve_weights("mmdet_tiny", manifest=[item])
+
+
+def test_concurrent_resolution_converts_once(server, mmdet_pth, monkeypatch):
+    import threading
+
+    from ppdet_htc.engine import convert_mmdet
+
+    calls = []
+    real = convert_mmdet.convert_mmdet_checkpoint
+    monkeypatch.setattr(convert_mmdet, "convert_mmdet_checkpoint", lambda *a, **k: calls.append(a) or real(*a, **k))
+    manifest = [mmdet_entry(server, mmdet_pth)]
+    paths, errors = [], []
+
+    def work():
+        try:
+            paths.append(mz.resolve_weights("mmdet_tiny", manifest=manifest, progress=False))
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and len(set(paths)) == 1 and len(paths) == 2
+    assert len(calls) == 1
+
+
+def test_weights_and_pretrain_weights_accept_mmdet_names(server, mmdet_pth, monkeypatch, tmp_path):
+    """`weights=` loads strictly; `pretrain_weights=` fine-tunes into a model with other classes."""
+    import paddle
+
+    from ppdet_htc.core import load_config
+    from ppdet_htc.engine.model_builder import build_model, load_model_weights
+
+    manifest = [mmdet_entry(server, mmdet_pth)]
+    real_load = mz.load_manifest
+    monkeypatch.setattr(mz, "load_manifest", lambda m=None: real_load(m or manifest))
+    model = build_model(load_config(mmdet_pth["config"]))
+    load_model_weights(model, "mmdet_tiny", progress=False)
+    fc = mmdet_pth["state"]["roi_head.bbox_head.1.shared_fcs.1.weight"].astype(np.float32)
+    np.testing.assert_array_equal(model.state_dict()["bbox_head.head.1.fc7.weight"].numpy(), fc.T)
+    finetune = tmp_path / "finetune.yml"
+    finetune.write_text("_BASE_: ['{}']\nnum_classes: 2\n".format(mmdet_pth["config"]))
+    paddle.seed(3)
+    small = build_model(load_config(str(finetune)))
+    report = load_model_weights(small, "mmdet_tiny", pretrain=True, progress=False)
+    skipped = sorted(k for k, _, _ in report["shape"])
+    assert skipped and all("bbox_score" in k or "conv_logits" in k for k in skipped)
+    np.testing.assert_array_equal(small.state_dict()["bbox_head.head.1.fc7.weight"].numpy(), fc.T)
