@@ -491,11 +491,11 @@ def _remove_stale_siblings(root):
 
 def _generate_into(out, params, progress):
     """Write both splits, their JSON and finally the ``DONE`` marker into ``out``."""
-    from tqdm import tqdm
+    from ..utils.progress import progress as progress_reporter
 
     os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
     total = params["num_train"] + params["num_val"]
-    with tqdm(total=total, desc="demo_shapes", unit="img", disable=not progress) as bar:
+    with progress_reporter(total=total, desc="demo_shapes", unit="img", enabled=progress) as bar:
         for split in ("train", "val"):
             coco = generate_split(out, split, params["num_" + split], params["seed"], params["min_size"],
                                   params["max_size"], bar)

@@ -3,11 +3,10 @@ import logging
 import time
 
 import paddle
-from tqdm import tqdm
-
 from ..core import create
 from ..data.loader import build_reader
 from ..metrics.coco_eval import COCOMetric
+from ..utils.progress import progress as progress_reporter
 from .model_builder import build_model, load_model_weights, select_device
 from .outputs import split_outputs
 
@@ -53,8 +52,8 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     model.eval()
     n_images = 0
     start = time.time()
-    bar = tqdm(total=len(reader) * reader.batch_size, desc="eval", unit="img",
-               disable=None if progress and rank == 0 else True)
+    bar = progress_reporter(total=sum(len(b) for b in reader.batch_indices()), desc="eval", unit="img",
+                            enabled=progress and rank == 0)
     seen = set()
     with paddle.no_grad():
         for batch in reader:

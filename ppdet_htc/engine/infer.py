@@ -2,10 +2,9 @@
 import logging
 import os
 
-from tqdm import tqdm
-
 from ..metrics.coco_eval import detections_to_coco
 from ..utils.io import write_json_atomic
+from ..utils.progress import progress
 from ..utils.visualize import save_visualization
 
 __all__ = ["run_inference", "results_records", "RESULTS_FILE"]
@@ -44,7 +43,7 @@ def run_inference(detector, images, output_dir="output", draw_threshold=0.5, bat
     os.makedirs(output_dir, exist_ok=True)
     all_dets = []
     file_names = {}
-    bar = tqdm(total=len(images), desc="infer", unit="img", disable=None)
+    bar = progress(total=len(images), desc="infer", unit="img")
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         dets = detector.predict(list(chunk), batch_size=len(chunk))

@@ -15,13 +15,10 @@ import logging
 import os
 import re
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-
-from tqdm import tqdm
 
 from ..version import __version__
 
@@ -256,22 +253,12 @@ def _content_length(response):
     return int(value) if value and value.isdigit() else None
 
 
-def _progress_enabled(progress):
-    stream = sys.stderr
-    return bool(progress) and hasattr(stream, "isatty") and stream.isatty()
-
-
 def _copy_body(response, part_path, mode, offset, total, name, progress):
     """Stream the response body into the part file, updating a progress bar."""
-    with open(part_path, mode) as out, tqdm(
-        total=total,
-        initial=offset,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=name,
-        disable=not _progress_enabled(progress),
-        leave=True,
+    from .progress import progress as progress_reporter  # a bar on a terminal, timed lines otherwise
+
+    with open(part_path, mode) as out, progress_reporter(
+        total=total, desc=name, unit="B", enabled=bool(progress), initial=offset, unit_scale=True
     ) as bar:
         for chunk in iter(lambda: response.read(CHUNK_SIZE), b""):
             out.write(chunk)
@@ -401,7 +388,7 @@ def download(url, dest_dir=None, sha256=None, md5=None, progress=True, retries=3
         dest_dir: directory to store it in; default ``weights_cache_dir()``.
         sha256, md5: expected hex digests; when given, a cached file must match them and a fresh
             download is verified before it gets its final name.
-        progress: show a tqdm bar (only when stderr is a terminal).
+        progress: report progress (a bar on a terminal, a line every few seconds otherwise).
         retries: how many times a failed transfer is retried, resuming where it stopped.
         timeout: socket timeout in seconds for connecting and for each read.
 
