@@ -506,12 +506,17 @@ def _generate_into(out, params, progress):
 
 
 def default_demo_root():
-    """``$PPDET_HTC_DEMO_DIR`` or ``<repo root>/dataset/demo_shapes`` (repo root = parent of the package)."""
+    """``$PPDET_HTC_DEMO_DIR``; else ``<repo root>/dataset/demo_shapes`` in a source checkout, or
+    ``$PPDET_HTC_HOME/datasets/demo_shapes`` (default ``~/.cache/ppdet_htc``) for an installed package,
+    which must not write into site-packages."""
+    from ..utils.resources import REPO_ROOT, in_checkout, user_home
+
     env = os.environ.get(ENV_ROOT)
     if env:
         return os.path.abspath(env)
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(os.path.dirname(package_dir), "dataset", "demo_shapes")
+    if in_checkout():
+        return os.path.join(REPO_ROOT, "dataset", "demo_shapes")
+    return os.path.join(user_home(), "datasets", "demo_shapes")
 
 
 @contextlib.contextmanager
