@@ -330,7 +330,7 @@ class COCODataSet(object):
         anno = self.get_anno()
         if anno is None:
             raise ValueError("COCODataSet.anno_path is not set")
-        return {str(im["file_name"]): int(im["id"]) for im in _parse_images(_load_json(anno, self), anno)}
+        return {str(im["file_name"]): int(im["id"]) for im in _parse_images(_load_json(anno, self), anno).values()}
 
     def check_files(self, max_report: int = 10):
         """Raise ``FileNotFoundError`` listing the first missing image (and semantic) files."""
