@@ -222,3 +222,21 @@ def test_ctrl_c_saves_a_resumable_snapshot(shapes_root, tmp_path):
     cfg = load_config(str(cfg_path))
     tr = Trainer(cfg, resume=str(out / "last"), max_iters=None, output_dir=str(out), progress=False)
     assert tr.global_iter >= 3
+
+
+def test_train_command_draws_curves_next_to_its_log(shapes_root, tmp_path):
+    """scripts/train.py writes train_curves.png beside train.log when it ends (here at --max_iters)."""
+    import yaml
+
+    from ppdet_htc.cli import train_main
+
+    opts = train_overrides(shapes_root, epoch=2)
+    opts["_BASE_"] = [TINY]
+    cfg_path = tmp_path / "tiny_train.yml"
+    cfg_path.write_text(yaml.safe_dump(opts))
+    out = tmp_path / "run"
+    train_main(["-c", str(cfg_path), "--max_iters", "3", "--output_dir", str(out)])
+    log = (out / "train.log").read_text()
+    assert log.count("(global ") >= 3
+    png = (out / "train_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
