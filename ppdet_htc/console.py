@@ -6,7 +6,7 @@ wrappers run a main and return 0; failures still exit non-zero (2 for user error
 """
 import sys
 
-__all__ = ["train", "evaluate", "infer", "export", "benchmark", "analyze", "plot_log", "demo_data"]
+__all__ = ["train", "evaluate", "infer", "export", "benchmark", "analyze", "plot_log", "demo_data", "convert_mmdet"]
 
 
 def _call(name):
@@ -42,6 +42,11 @@ def analyze():
 
 def plot_log():
     return _call("plot_log_main")
+
+
+def convert_mmdet():
+    """``ppdet-htc-convert-mmdet`` (the converter's main lives in ``cli`` as ``convert_mmdet_main``)."""
+    return _call("convert_mmdet_main")
 
 
 def demo_data():
