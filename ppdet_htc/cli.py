@@ -146,8 +146,9 @@ def _plot_eval(cfg, folder):
     from .metrics.analysis import analyze_results
 
     files = {k: os.path.join(folder, f) for k, f in (("bbox", "bbox.json"), ("segm", "mask.json"))}
-    written = analyze_results(build_eval_dataset(cfg).get_anno(), files["bbox"] if os.path.isfile(files["bbox"]) else None,
-                              files["segm"] if os.path.isfile(files["segm"]) else None, os.path.join(folder, "plots"))
+    present = {k: (v if os.path.isfile(v) else None) for k, v in files.items()}
+    written = analyze_results(build_eval_dataset(cfg).get_anno(), present["bbox"], present["segm"],
+                              os.path.join(folder, "plots"))
     print("plots: {}".format(os.path.join(folder, "plots")))
     return written
 
