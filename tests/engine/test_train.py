@@ -240,3 +240,16 @@ def test_train_command_draws_curves_next_to_its_log(shapes_root, tmp_path):
     assert log.count("(global ") >= 3
     png = (out / "train_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
+
+
+def test_slow_iterations_still_log_progress(shapes_root, tmp_path, monkeypatch, caplog):
+    """A line every log_iter iterations *or* every PPDET_HTC_PROGRESS_INTERVAL seconds, whichever comes first:
+    with log_iter 1000 and a 0 s interval every iteration logs (with its ETA)."""
+    import logging
+
+    monkeypatch.setenv("PPDET_HTC_PROGRESS_INTERVAL", "0")
+    cfg = make_cfg(shapes_root, tmp_path, {"log_iter": 1000})
+    with caplog.at_level(logging.INFO, logger="ppdet_htc"):
+        Trainer(cfg, max_iters=3, seed=1, progress=False).train()
+    lines = [r.getMessage() for r in caplog.records if "(global " in r.getMessage()]
+    assert len(lines) == 3 and all("eta" in ln for ln in lines)
