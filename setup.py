@@ -29,8 +29,16 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.8",
-    packages=find_packages(include=["ppdet_htc", "ppdet_htc.*"]),
-    package_data={"ppdet_htc": ["utils/model_zoo.yml"]},
+    # The repository's top-level configs/ and weights/ folders ship inside the wheel as ppdet_htc/configs and
+    # ppdet_htc/weights (mapped here, not copied in the repository), so `-c htc/htc_r50_fpn_1x_coco.yml`,
+    # `_BASE_` and the bundled demo checkpoint work from any directory (ppdet_htc/utils/resources.py).
+    packages=find_packages(include=["ppdet_htc", "ppdet_htc.*"]) + ["ppdet_htc.configs", "ppdet_htc.weights"],
+    package_dir={"ppdet_htc.configs": "configs", "ppdet_htc.weights": "weights"},
+    package_data={
+        "ppdet_htc": ["utils/model_zoo.yml"],
+        "ppdet_htc.configs": ["*.yml", "*/*.yml", "*/*/*.yml", "*/*/*/*.yml"],
+        "ppdet_htc.weights": ["*.pdparams", "*.json", "*.log", "*.md"],
+    },
     include_package_data=True,
     install_requires=[
         "numpy",
@@ -38,19 +46,26 @@ setup(
         "pycocotools",
         "pyyaml",
         "tqdm",
+        "matplotlib",
     ],
     extras_require={
         "cpu": ["paddlepaddle>=2.6"],
         "gpu": ["paddlepaddle-gpu>=2.6"],
-        "test": ["pytest>=7", "pytest-timeout"],
+        "test": ["pytest>=7", "pytest-timeout", "wheel"],
         "vdl": ["visualdl"],
     },
     entry_points={
         "console_scripts": [
-            "ppdet-htc-infer=ppdet_htc.cli:infer_main",
-            "ppdet-htc-eval=ppdet_htc.cli:eval_main",
-            "ppdet-htc-train=ppdet_htc.cli:train_main",
-            "ppdet-htc-convert-mmdet=ppdet_htc.cli:convert_mmdet_main",
+            # ppdet_htc.console wraps the cli mains so that success exits 0 whatever they return.
+            "ppdet-htc-infer=ppdet_htc.console:infer",
+            "ppdet-htc-eval=ppdet_htc.console:evaluate",
+            "ppdet-htc-train=ppdet_htc.console:train",
+            "ppdet-htc-export=ppdet_htc.console:export",
+            "ppdet-htc-benchmark=ppdet_htc.console:benchmark",
+            "ppdet-htc-analyze=ppdet_htc.console:analyze",
+            "ppdet-htc-plot-log=ppdet_htc.console:plot_log",
+            "ppdet-htc-demo-data=ppdet_htc.console:demo_data",
+            "ppdet-htc-convert-mmdet=ppdet_htc.console:convert_mmdet",
         ]
     },
 )

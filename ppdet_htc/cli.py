@@ -7,19 +7,37 @@ import logging
 import os
 import sys
 
-from .utils.logger import setup_logger
+from .utils.logger import debug_requested, quiet_third_party, setup_logger
 
-__all__ = ["infer_main", "eval_main", "train_main", "benchmark_main", "export_main", "convert_mmdet_main",
-           "base_parser", "load_cli_config"]
+__all__ = ["infer_main", "eval_main", "train_main", "benchmark_main", "export_main", "analyze_main",
+           "plot_log_main", "convert_mmdet_main", "base_parser", "load_cli_config"]
 
 logger = logging.getLogger("ppdet_htc")
 
 
-def base_parser(description):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-c", "--config", required=True, help="YAML config file")
-    p.add_argument("-o", "--opt", nargs="*", default=[], action="extend",
-                   help="override config keys, e.g. -o weights=w.pdparams EvalReader.batch_size=2")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` states each option's default exactly once: appended, unless the help text already says it
+    (options whose default depends on the config say so in words); flags (off by default) get none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or not action.option_strings or action.required:
+            return text
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def base_parser(description, config=True):
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    if config:
+        p.add_argument("-c", "--config", required=True,
+                       help="YAML config: a file path, or a packaged config such as htc/htc_r50_fpn_1x_coco.yml")
+        p.add_argument("-o", "--opt", nargs="*", default=[], action="extend",
+                       help="override config keys, e.g. -o weights=w.pdparams EvalReader.batch_size=2 "
+                            "(default: none)")
+    p.add_argument("--debug", action="store_true",
+                   help="show Paddle's warnings and log noise (also: PPDET_HTC_DEBUG=1)")
     return p
 
 
@@ -36,6 +54,7 @@ def _run(main, argv):
     from .engine.checkpoint import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
     from .utils.download import DownloadError
 
+    quiet_third_party(debug_requested(argv))  # before Paddle is imported: its import warns
     setup_logger()
     user_errors = (ConfigError, FileNotFoundError, ImageDecodeError, CheckpointError, CheckpointMismatchError,
                    UnsafeCheckpointError, DownloadError, KeyError, ValueError)
@@ -51,21 +70,23 @@ def infer_main(argv=None):
     """``scripts/infer.py``: detect on images, draw them, write results.json."""
     def main(argv):
         p = base_parser("Run HTC on images: draws detections and writes COCO-format results.json")
-        p.add_argument("--infer_img", default=None, help="an image file")
-        p.add_argument("--infer_dir", default=None, help="a folder of images")
+        p.add_argument("--infer_img", default=None, help="an image file (default: none; give this or --infer_dir)")
+        p.add_argument("--infer_dir", default=None, help="a folder of images (default: none)")
         p.add_argument("--output_dir", default="output", help="where pictures and results.json go")
         p.add_argument("--draw_threshold", type=float, default=0.5, help="score threshold for drawing")
-        p.add_argument("--batch_size", type=int, default=None, help="images per forward (default: TestReader)")
+        p.add_argument("--batch_size", type=int, default=None,
+                       help="images per forward pass (default: TestReader.batch_size of the config)")
         p.add_argument("--no_images", action="store_true", help="only write results.json")
         args = p.parse_args(argv)
-        from .engine.infer import list_image_files, run_inference
+        from .engine.infer import dataset_image_ids, list_image_files, run_inference
         from .engine.predictor import Detector
 
         images = list_image_files(args.infer_img, args.infer_dir)
         cfg = load_cli_config(args)
         det = Detector(cfg)
         bs = args.batch_size or int((cfg.get("TestReader") or {}).get("batch_size", 1))
-        path, _ = run_inference(det, images, args.output_dir, args.draw_threshold, bs, save_images=not args.no_images)
+        path, _ = run_inference(det, images, args.output_dir, args.draw_threshold, bs, save_images=not args.no_images,
+                                image_ids=dataset_image_ids(det.dataset))
         print("results: {}".format(path))
         return path
 
@@ -77,17 +98,28 @@ def eval_main(argv=None):
     def main(argv):
         p = base_parser("Evaluate HTC on the config's EvalDataset (COCO bbox + segm AP)")
         p.add_argument("--output_eval", default=None,
-                       help="folder for bbox.json, mask.json and metrics.json (default: working directory)")
+                       help="folder for bbox.json, mask.json and metrics.json (default: <save_dir>/<config name>, "
+                            "i.e. output/<config name>)")
         p.add_argument("--classwise", action="store_true", help="also print per-class AP")
         p.add_argument("--json_eval", action="store_true",
                        help="score existing bbox.json/mask.json in --output_eval without running the model")
+        p.add_argument("--plot", action="store_true",
+                       help="also draw per-class precision-recall curves, the COCO error breakdown and a confusion "
+                            "matrix as PNG files into <output_eval>/plots")
         args = p.parse_args(argv)
         cfg = load_cli_config(args)
-        if args.json_eval:
-            return _json_eval(cfg, args)
-        from .engine.evaluator import evaluate
+        from .engine.evaluator import default_output_dir
 
-        return evaluate(cfg, output_eval=args.output_eval, classwise=args.classwise)
+        args.output_eval = args.output_eval or default_output_dir(cfg)
+        if args.json_eval:
+            metrics = _json_eval(cfg, args)
+        else:
+            from .engine.evaluator import evaluate
+
+            metrics = evaluate(cfg, output_eval=args.output_eval, classwise=args.classwise)
+        if args.plot:
+            _plot_eval(cfg, args.output_eval)
+        return metrics
 
     return _run(main, argv)
 
@@ -98,7 +130,7 @@ def _json_eval(cfg, args):
     from .engine.evaluator import build_eval_dataset
     from .metrics.coco_eval import format_metrics, json_eval
 
-    folder = args.output_eval or "."
+    folder = args.output_eval
     files = {k: os.path.join(folder, f) for k, f in (("bbox", "bbox.json"), ("segm", "mask.json"))}
     present = {k: v for k, v in files.items() if os.path.isfile(v)}
     if not present:
@@ -110,18 +142,34 @@ def _json_eval(cfg, args):
     return metrics
 
 
+def _plot_eval(cfg, folder):
+    from .engine.evaluator import build_eval_dataset
+    from .metrics.analysis import analyze_results
+
+    files = {k: os.path.join(folder, f) for k, f in (("bbox", "bbox.json"), ("segm", "mask.json"))}
+    present = {k: (v if os.path.isfile(v) else None) for k, v in files.items()}
+    written = analyze_results(build_eval_dataset(cfg).get_anno(), present["bbox"], present["segm"],
+                              os.path.join(folder, "plots"))
+    print("plots: {}".format(os.path.join(folder, "plots")))
+    return written
+
+
 def train_main(argv=None):
     """``scripts/train.py``: train or fine-tune; works under ``python -m paddle.distributed.launch``."""
     def main(argv):
         p = base_parser("Train HTC (one process, or several with python -m paddle.distributed.launch)")
         p.add_argument("--eval", action="store_true", help="evaluate after every snapshot, keep best_model")
-        p.add_argument("-r", "--resume", default=None, help="snapshot to resume from, e.g. output/x/last")
+        p.add_argument("-r", "--resume", default=None,
+                       help="snapshot to resume from, e.g. output/x/last (default: start from scratch)")
         p.add_argument("--amp", action="store_true", help="mixed precision (GPU)")
         p.add_argument("--seed", type=int, default=0, help="seed for data order, augmentation and sampling")
-        p.add_argument("--output_dir", default=None, help="default: <save_dir>/<config name>")
-        p.add_argument("--max_iters", type=int, default=None, help="stop after this many iterations (resumable)")
+        p.add_argument("--output_dir", default=None, help="snapshots and train.log (default: <save_dir>/<config name>)")
+        p.add_argument("--max_iters", type=int, default=None,
+                       help="stop after this many iterations, resumably (default: the whole schedule)")
         p.add_argument("--use_vdl", action="store_true", help="log scalars to VisualDL")
         p.add_argument("--vdl_log_dir", default="vdl_log", help="VisualDL log folder")
+        p.add_argument("--no_plot", action="store_true",
+                       help="do not draw the loss / learning-rate / AP curves (train_curves.png) at the end")
         args = p.parse_args(argv)
         cfg = load_cli_config(args)
         from .engine.trainer import Trainer
@@ -131,10 +179,27 @@ def train_main(argv=None):
         trainer = Trainer(cfg, eval_each_snapshot=args.eval, resume=args.resume, amp=args.amp, seed=args.seed,
                           max_iters=args.max_iters, use_vdl=args.use_vdl, vdl_log_dir=args.vdl_log_dir,
                           output_dir=out)
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            if not args.no_plot and trainer.rank == 0:
+                _plot_train_log(os.path.join(out, "train.log"), os.path.join(out, "train_curves.png"))
         return trainer
 
     return _run(main, argv)
+
+
+def _plot_train_log(log_path, png_path):
+    """Training curves next to the log; a log without training lines (a crash at start) is only noted."""
+    from .utils.plots import plot_training_log
+
+    try:
+        plot_training_log(log_path, png_path)
+    except (OSError, ValueError) as e:
+        logger.warning("no training curves drawn: %s", e)
+        return None
+    logger.info("training curves: %s", png_path)
+    return png_path
 
 
 def benchmark_main(argv=None):
@@ -143,16 +208,16 @@ def benchmark_main(argv=None):
         p = base_parser("Benchmark HTC inference (and optionally training) on synthetic images")
         p.add_argument("--image_size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"),
                        help="network input size (keep-ratio resize target)")
-        p.add_argument("--batch_size", type=int, default=1)
+        p.add_argument("--batch_size", type=int, default=1, help="images per forward pass")
         p.add_argument("--iters", type=int, default=10, help="timed iterations (after warm-up)")
-        p.add_argument("--warmup", type=int, default=2)
+        p.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
         p.add_argument("--num_dets", type=int, default=100, help="detections per image with random weights")
         p.add_argument("--use_weights", action="store_true", help="load the config's weights instead of random")
-        p.add_argument("--image", default=None, help="time this image file instead of synthetic ones")
+        p.add_argument("--image", default=None, help="time this image file (default: synthetic images)")
         p.add_argument("--train", action="store_true", help="also measure training images/s")
-        p.add_argument("--train_iters", type=int, default=5)
-        p.add_argument("--train_batch_size", type=int, default=2)
-        p.add_argument("--json", default=None, help="write the results here")
+        p.add_argument("--train_iters", type=int, default=5, help="timed training iterations (with --train)")
+        p.add_argument("--train_batch_size", type=int, default=2, help="images per training step (with --train)")
+        p.add_argument("--json", default=None, help="write the results to this JSON file (default: none)")
         args = p.parse_args(argv)
         from .engine.benchmark import benchmark_inference, benchmark_training
         from .utils.io import write_json_atomic
@@ -225,7 +290,7 @@ def convert_mmdet_main(argv=None):
             description="Convert mmdetection HTC weights (.pth in either PyTorch format, or .npz/.pdparams with "
                         "mmdetection's key names) into a .pdparams for the model of a config. Every key must map: "
                         "unmatched keys and shape mismatches are listed by name and nothing is written.",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            formatter_class=HelpFormatter)
         p.add_argument("--src", nargs="+", required=True,
                        help="mmdetection weights; several files are merged (e.g. weights + semantic head)")
         p.add_argument("-c", "--config", required=True, help="YAML config of the model to convert for")
@@ -242,5 +307,53 @@ def convert_mmdet_main(argv=None):
             summary["tensors"], " + ".join(summary["sources"]),
             " (mmdetection {})".format(version) if version else "", args.config, summary["out"]))
         return summary
+
+    return _run(main, argv)
+
+
+def analyze_main(argv=None):
+    """``scripts/analyze.py``: analysis pictures of existing result files (what ``eval.py --plot`` draws)."""
+    def main(argv):
+        p = base_parser("Draw per-class precision-recall curves, the COCO error breakdown (C75, C50, Loc, Sim, Oth, "
+                        "BG, FN) and a confusion matrix for bbox.json / mask.json results")
+        p.add_argument("--output_eval", default=None,
+                       help="folder holding bbox.json and/or mask.json (default: <save_dir>/<config name>)")
+        p.add_argument("--anno", default=None,
+                       help="COCO annotation file to score against (default: the config's EvalDataset)")
+        p.add_argument("--output_dir", default=None, help="where the PNGs go (default: <output_eval>/plots)")
+        p.add_argument("--score_thr", type=float, default=0.3, help="confusion matrix: minimum detection score")
+        p.add_argument("--iou_thr", type=float, default=0.5, help="confusion matrix: minimum IoU of a match")
+        args = p.parse_args(argv)
+        from .engine.evaluator import build_eval_dataset, default_output_dir
+        from .metrics.analysis import analyze_results
+
+        cfg = load_cli_config(args)
+        folder = args.output_eval or default_output_dir(cfg)
+        files = {k: os.path.join(folder, f) for k, f in (("bbox", "bbox.json"), ("segm", "mask.json"))}
+        present = {k: v for k, v in files.items() if os.path.isfile(v)}
+        if not present:
+            raise FileNotFoundError("neither {} nor {} exists: run eval.py first (or pass --output_eval)".format(
+                files["bbox"], files["segm"]))
+        anno = args.anno or build_eval_dataset(cfg).get_anno()
+        out = args.output_dir or os.path.join(folder, "plots")
+        written = analyze_results(anno, present.get("bbox"), present.get("segm"), out, args.score_thr, args.iou_thr)
+        print("plots: {}".format(out))
+        return written
+
+    return _run(main, argv)
+
+
+def plot_log_main(argv=None):
+    """``scripts/plot_train_log.py``: loss / learning-rate / AP curves of a training log as a PNG."""
+    def main(argv):
+        p = base_parser("Plot the losses, learning rate and evaluation AP of a training log", config=False)
+        p.add_argument("log", help="a train.log written by scripts/train.py")
+        p.add_argument("--output", default=None, help="PNG file (default: <log without .log>_curves.png)")
+        args = p.parse_args(argv)
+        from .utils.plots import plot_training_log
+
+        path = plot_training_log(args.log, args.output)
+        print("curves: {}".format(path))
+        return path
 
     return _run(main, argv)

@@ -19,12 +19,19 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import cv2
 import numpy as np
 import yaml
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+if os.environ.get("PPDET_HTC_DEBUG", "").strip().lower() in ("", "0", "false", "no", "off"):
+    # Paddle's import warns about ccache (only relevant for compiling custom operators) and its C++ core logs
+    # INFO/WARNING lines; PPDET_HTC_DEBUG=1 shows them.
+    warnings.filterwarnings("ignore", message=r"No ccache found")
+    os.environ.setdefault("GLOG_minloglevel", "2")
 
 
 # ----------------------------------------------------------------------------------------- preprocessing

@@ -13,6 +13,7 @@ import typing
 
 import yaml
 
+from ..utils.resources import find_config
 from . import registry
 from .registry import closest, constructor_params, lookup
 
@@ -104,6 +105,7 @@ _GLOBAL_KEYS = {
     "log_ranks", "filename", "mask_resolution", "num_cascade_stages", "draw_threshold",
     "TrainReader", "EvalReader", "TestReader", "TrainDataset", "EvalDataset", "TestDataset",
     "LearningRate", "OptimizerBuilder", "classwise", "output_eval", "max_iters",
+    "label_list",  # class names in label order, so inference needs no dataset
 }
 
 
@@ -221,9 +223,11 @@ def _load_recursive(path, sources, stack):
         raise ConfigError("{}: _BASE_ must be a list of file paths".format(path))
     merged = {}
     for b in bases:
-        bpath = os.path.join(os.path.dirname(path), b)
-        if not os.path.isfile(bpath):
-            raise ConfigError("{}: _BASE_ file {!r} not found (looked for {})".format(path, b, bpath))
+        if not isinstance(b, str) or not b:
+            raise ConfigError("{}: _BASE_ entries must be file paths, got {!r}".format(path, b))
+        bpath, tried = find_config(b, relative_to=os.path.dirname(path))
+        if bpath is None:
+            raise ConfigError("{}: _BASE_ file {!r} not found; looked in: {}".format(path, b, ", ".join(tried)))
         _merge(merged, _load_recursive(bpath, sources, stack + [path]))
     _record_sources(data, path, sources)
     return _merge(merged, _to_attr(data))
@@ -232,8 +236,15 @@ def _load_recursive(path, sources, stack):
 def load_config(path, overrides=None, validate=True):
     """Load a YAML config with its ``_BASE_`` files, apply ``-o`` overrides, make it global.
 
-    ``overrides`` is a dict (nested) or a list of ``"a.b=value"`` strings.
+    ``path`` is a file path, or the name of a packaged config (``configs/htc/htc_r50_fpn_1x_coco.yml`` or
+    ``htc/htc_r50_fpn_1x_coco.yml``) usable from any directory; ``_BASE_`` entries resolve the same way,
+    relative to the including file first. ``overrides`` is a dict (nested) or a list of ``"a.b=value"``
+    strings.
     """
+    found, tried = find_config(path)
+    if found is None:
+        raise ConfigError("config file {!r} not found; looked in: {}".format(os.fspath(path), ", ".join(tried)))
+    path = found
     sources = {}
     data = _load_recursive(path, sources, [])
     cfg = Config(data)

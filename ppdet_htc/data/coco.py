@@ -313,6 +313,25 @@ class COCODataSet(object):
         self._ensure_parsed()
         return {int(r["im_id"][0]): r["im_file"] for r in self._records}
 
+    def label_map(self):
+        """``(category ids, names)`` in label order from the file's ``categories`` only: inference can name
+        its classes without parsing annotations or touching images."""
+        if self._records is not None:
+            ids = sorted(self._catid2clsid, key=self._catid2clsid.get)
+            return ids, list(self._cat_names)
+        anno = self.get_anno()
+        if anno is None:
+            raise ValueError("COCODataSet.anno_path is not set")
+        cats = _parse_categories(_load_json(anno, self), anno)
+        return [c["id"] for c in cats], [c["name"] for c in cats]
+
+    def image_ids_by_file(self):
+        """``{file_name: image id}`` of the annotation file's ``images`` (for naming inference results)."""
+        anno = self.get_anno()
+        if anno is None:
+            raise ValueError("COCODataSet.anno_path is not set")
+        return {str(im["file_name"]): int(im["id"]) for im in _parse_images(_load_json(anno, self), anno).values()}
+
     def check_files(self, max_report: int = 10):
         """Raise ``FileNotFoundError`` listing the first missing image (and semantic) files."""
         self._ensure_parsed()

@@ -1,7 +1,7 @@
 """``!DemoShapesDataSet``: the bundled synthetic dataset as a COCO dataset, generated on first use."""
 from ..core import serializable
 from .coco import COCODataSet
-from .demo_shapes import default_demo_root, ensure_demo_dataset
+from .demo_shapes import CATEGORIES, default_demo_root, ensure_demo_dataset
 
 __all__ = ["DemoShapesDataSet"]
 
@@ -10,8 +10,9 @@ __all__ = ["DemoShapesDataSet"]
 class DemoShapesDataSet(COCODataSet):
     """A ``COCODataSet`` over ``split`` ('train' or 'val') of the demo set (``data/demo_shapes.py``).
 
-    ``dataset_dir`` defaults to ``$PPDET_HTC_DEMO_DIR`` or ``<repo>/dataset/demo_shapes``; the data is
-    generated there (deterministically, about 10 s) the first time it is needed.
+    ``dataset_dir`` defaults to ``$PPDET_HTC_DEMO_DIR``, else ``<repo>/dataset/demo_shapes`` in a checkout or
+    ``$PPDET_HTC_HOME/datasets/demo_shapes`` for an installed package; the data is generated there
+    (deterministically, about 10 s) the first time images are needed; class names never need it.
     """
 
     def __init__(self, split: str = "train", dataset_dir: str = None, data_fields: list = ("image",),
@@ -36,3 +37,27 @@ class DemoShapesDataSet(COCODataSet):
     def check_files(self, max_report: int = 10):
         ensure_demo_dataset(self.dataset_dir)
         return super().check_files(max_report)
+
+    # The classes are fixed by the generator, so naming them never generates (or reads) the dataset.
+
+    def label_map(self):
+        return [c["id"] for c in CATEGORIES], [c["name"] for c in CATEGORIES]
+
+    def get_label_list(self):
+        return [c["name"] for c in CATEGORIES]
+
+    @property
+    def catid2clsid(self):
+        return {c["id"]: i for i, c in enumerate(CATEGORIES)}
+
+    @property
+    def clsid2catid(self):
+        return {i: c["id"] for i, c in enumerate(CATEGORIES)}
+
+    @property
+    def cname2cid(self):
+        return {c["name"]: i for i, c in enumerate(CATEGORIES)}
+
+    @property
+    def num_classes(self):
+        return len(CATEGORIES)

@@ -491,11 +491,11 @@ def _remove_stale_siblings(root):
 
 def _generate_into(out, params, progress):
     """Write both splits, their JSON and finally the ``DONE`` marker into ``out``."""
-    from tqdm import tqdm
+    from ..utils.progress import progress as progress_reporter
 
     os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
     total = params["num_train"] + params["num_val"]
-    with tqdm(total=total, desc="demo_shapes", unit="img", disable=not progress) as bar:
+    with progress_reporter(total=total, desc="demo_shapes", unit="img", enabled=progress) as bar:
         for split in ("train", "val"):
             coco = generate_split(out, split, params["num_" + split], params["seed"], params["min_size"],
                                   params["max_size"], bar)
@@ -506,12 +506,17 @@ def _generate_into(out, params, progress):
 
 
 def default_demo_root():
-    """``$PPDET_HTC_DEMO_DIR`` or ``<repo root>/dataset/demo_shapes`` (repo root = parent of the package)."""
+    """``$PPDET_HTC_DEMO_DIR``; else ``<repo root>/dataset/demo_shapes`` in a source checkout, or
+    ``$PPDET_HTC_HOME/datasets/demo_shapes`` (default ``~/.cache/ppdet_htc``) for an installed package,
+    which must not write into site-packages."""
+    from ..utils.resources import REPO_ROOT, in_checkout, user_home
+
     env = os.environ.get(ENV_ROOT)
     if env:
         return os.path.abspath(env)
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(os.path.dirname(package_dir), "dataset", "demo_shapes")
+    if in_checkout():
+        return os.path.join(REPO_ROOT, "dataset", "demo_shapes")
+    return os.path.join(user_home(), "datasets", "demo_shapes")
 
 
 @contextlib.contextmanager

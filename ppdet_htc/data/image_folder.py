@@ -142,6 +142,22 @@ class ImageFolder(object):
     def get_label_list(self):
         return list(self._load_labels()[1])
 
+    def label_map(self):
+        """``(category ids, names)`` in label order from ``anno_path`` (COCO JSON or label list)."""
+        ids, names = self._load_labels()
+        return list(ids), list(names)
+
+    def image_ids_by_file(self):
+        """``{file_name: image id}`` when ``anno_path`` is a COCO JSON with ``images``; else empty."""
+        path = self.get_anno()
+        if path is None or not path.lower().endswith(".json") or not os.path.isfile(path):
+            return {}
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+        images = data.get("images") if isinstance(data, dict) else None
+        return {str(im["file_name"]): int(im["id"]) for im in images or []
+                if isinstance(im, dict) and "file_name" in im and "id" in im}
+
     @property
     def catid2clsid(self):
         return {cid: i for i, cid in enumerate(self._load_labels()[0])}

@@ -1,21 +1,26 @@
 """COCO evaluation of a model on the config's ``EvalDataset`` (``scripts/eval.py`` and ``train.py --eval``)."""
 import logging
+import os
 import time
 
 import paddle
-from tqdm import tqdm
-
 from ..core import create
 from ..data.loader import build_reader
 from ..metrics.coco_eval import COCOMetric
+from ..utils.progress import progress as progress_reporter
 from .model_builder import build_model, load_model_weights, select_device
 from .outputs import split_outputs
 
-__all__ = ["evaluate", "build_eval_dataset"]
+__all__ = ["evaluate", "build_eval_dataset", "default_output_dir"]
 
 logger = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("image", "im_shape", "scale_factor")
+
+
+def default_output_dir(cfg):
+    """``<save_dir>/<config name>`` (``output/<config name>``): where eval results go unless told otherwise."""
+    return os.path.join(cfg.get("save_dir") or "output", cfg.get("filename") or "model")
 
 
 def build_eval_dataset(cfg):
@@ -32,7 +37,7 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
 
     ``model``: an already built (and loaded) model, e.g. during training; otherwise it is built from the
     config and ``weights`` (default ``cfg.weights``) are loaded strictly. Writes ``bbox.json``,
-    ``mask.json`` and ``metrics.json`` into ``output_eval`` (default: the working directory).
+    ``mask.json`` and ``metrics.json`` into ``output_eval`` (default: :func:`default_output_dir`).
     Returns the metrics dict ``{'bbox': {...}, 'segm': {...}}`` plus ``images_per_s``.
 
     With ``world_size > 1`` (during distributed training) every process runs its share of the images at
@@ -45,6 +50,8 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
         if not weights:
             raise ValueError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
         load_model_weights(model, weights)
+    if output_eval is None:
+        output_eval = default_output_dir(cfg)
     dataset = build_eval_dataset(cfg)
     reader = build_reader(cfg, "eval", dataset=dataset, rank=rank, world_size=world_size)
     metric = COCOMetric(dataset.get_anno(), clsid2catid=dataset.clsid2catid, output_eval=output_eval,
@@ -53,8 +60,8 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     model.eval()
     n_images = 0
     start = time.time()
-    bar = tqdm(total=len(reader) * reader.batch_size, desc="eval", unit="img",
-               disable=None if progress and rank == 0 else True)
+    bar = progress_reporter(total=sum(len(b) for b in reader.batch_indices()), desc="eval", unit="img",
+                            enabled=progress and rank == 0)
     seen = set()
     with paddle.no_grad():
         for batch in reader:

@@ -15,7 +15,7 @@ import paddle
 import yaml
 
 from ..core import create
-from .model_builder import build_model, class_names_for, load_model_weights, select_device
+from .model_builder import build_model, label_info, load_model_weights, select_device
 
 __all__ = ["export_model", "infer_cfg_dict"]
 
@@ -82,7 +82,7 @@ def export_model(cfg, output_dir, weights=None, draw_threshold=0.5):
     load_model_weights(model, weights)
     model.eval()
     dataset = create(cfg["TestDataset"]) if "TestDataset" in cfg else None
-    names, clsid2catid = class_names_for(dataset, int(cfg.get("num_classes", 80)))
+    names, clsid2catid, _ = label_info(cfg, dataset, weights)
     os.makedirs(output_dir, exist_ok=True)
     # One image per run (as PaddleDetection deploys two-stage models); any size.
     spec = [

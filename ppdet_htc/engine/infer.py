@@ -2,13 +2,12 @@
 import logging
 import os
 
-from tqdm import tqdm
-
 from ..metrics.coco_eval import detections_to_coco
 from ..utils.io import write_json_atomic
+from ..utils.progress import progress
 from ..utils.visualize import save_visualization
 
-__all__ = ["run_inference", "results_records", "RESULTS_FILE"]
+__all__ = ["run_inference", "results_records", "dataset_image_ids", "list_image_files", "RESULTS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,22 +33,49 @@ def results_records(dets, clsid2catid, file_names):
     return records
 
 
-def run_inference(detector, images, output_dir="output", draw_threshold=0.5, batch_size=1, save_images=True):
+def dataset_image_ids(dataset):
+    """``{file name: image id}`` from the test dataset's annotation file when it exists (else empty).
+
+    Only the annotation file is read: a dataset that would have to be generated or downloaded is not.
+    """
+    reader = getattr(dataset, "image_ids_by_file", None)
+    if reader is None:
+        return {}
+    try:
+        by_name = reader()
+    except (FileNotFoundError, ValueError) as e:
+        logger.debug("no image ids from %r: %s", dataset, e)
+        return {}
+    ids = {}
+    for name, im_id in by_name.items():
+        ids.setdefault(os.path.basename(name), int(im_id))
+    return ids
+
+
+def run_inference(detector, images, output_dir="output", draw_threshold=0.5, batch_size=1, save_images=True,
+                  image_ids=None):
     """Detect on ``images`` (paths) with a :class:`Detector`; write pictures and ``results.json``.
 
-    Returns ``(path of results.json, list of per-image detections)``.
+    ``image_ids`` maps file names to the ``image_id`` written in ``results.json`` (e.g. those of a COCO
+    annotation file, see :func:`dataset_image_ids`); other images get ids after the largest known one
+    (0, 1, ... without a map). Returns ``(path of results.json, list of per-image detections)``.
     """
     import cv2
 
     os.makedirs(output_dir, exist_ok=True)
+    image_ids = dict(image_ids or {})
+    next_id = max(image_ids.values(), default=-1) + 1
     all_dets = []
     file_names = {}
-    bar = tqdm(total=len(images), desc="infer", unit="img", disable=None)
+    bar = progress(total=len(images), desc="infer", unit="img")
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         dets = detector.predict(list(chunk), batch_size=len(chunk))
         for i, (path, det) in enumerate(zip(chunk, dets)):
-            det["im_id"] = start + i
+            im_id = image_ids.get(os.path.basename(path))
+            if im_id is None:
+                im_id, next_id = next_id, next_id + 1
+            det["im_id"] = im_id
             file_names[det["im_id"]] = path
             if save_images:
                 bgr = cv2.imread(path, cv2.IMREAD_COLOR)

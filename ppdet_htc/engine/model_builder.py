@@ -6,7 +6,8 @@ import paddle
 from ..core import create
 from . import checkpoint
 
-__all__ = ["build_model", "select_device", "set_cpu_threads", "load_model_weights", "class_names_for"]
+__all__ = ["build_model", "select_device", "set_cpu_threads", "load_model_weights", "resolve_weights_file",
+           "label_info"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,32 @@ def build_model(cfg):
         cfg.source_of("architecture") if hasattr(cfg, "source_of") else "config"))
 
 
+def resolve_weights_file(spec, progress=True):
+    """``model_zoo.resolve_weights``, plus bundled zoo files inside an installed wheel.
+
+    A bundled entry (``path: weights/htc_r18_demo_shapes.pdparams``) is relative to the checkout; a wheel
+    carries it as ``ppdet_htc/weights/...`` (see ``utils/resources.py``).
+    """
+    from ..utils.model_zoo import get_entry, resolve_weights
+    from ..utils.resources import find_bundled_file
+
+    try:
+        return resolve_weights(spec, progress=progress)
+    except FileNotFoundError:
+        try:
+            entry = get_entry(str(spec))
+        except KeyError:
+            entry = {}
+        if "path" in entry:
+            found, _ = find_bundled_file(entry["path"])
+            if found:
+                return found
+        raise
+
+
 def load_model_weights(model, spec, pretrain=False, progress=True):
     """Resolve ``spec`` (path, URL or model-zoo name) and load it strictly, or leniently if ``pretrain``."""
-    from ..utils.model_zoo import resolve_weights
-
-    path = resolve_weights(spec, progress=progress)
+    path = resolve_weights_file(spec, progress=progress)
     if pretrain:
         return checkpoint.load_pretrained(model, path)
     report = checkpoint.load_weights(model, path)
@@ -85,18 +107,53 @@ COCO_CATEGORY_IDS = (
 )
 
 
-def class_names_for(dataset, num_classes):
-    """``(names, clsid2catid)`` from the dataset's label file; COCO's when it is missing and C == 80."""
-    import os
+def label_info(cfg, dataset=None, weights=None):
+    """``(class names, {label: category id}, where they came from)`` without reading any image.
+
+    Inference needs only the names, so they come from, in order: the config's ``label_list`` (category ids
+    1..N), the dataset's label map when it needs no generated or missing files (the demo set's fixed
+    classes; the ``categories`` of an existing annotation file or a label-list text file), the model-zoo
+    entry of ``weights`` (its ``label_list`` field), COCO's 80 classes when ``num_classes`` is 80, and
+    finally ``class_0..class_{N-1}`` with a warning.
+    """
+    from ..core import ConfigError
+
+    num_classes = int(cfg.get("num_classes", 80))
+    names = cfg.get("label_list")
+    if names is not None:
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ConfigError("{}: label_list must be a list of class names, got {!r}".format(
+                cfg.source_of("label_list") if hasattr(cfg, "source_of") else "config", names))
+        if len(names) != num_classes:
+            raise ConfigError("{}: label_list has {} names but num_classes is {}".format(
+                cfg.source_of("label_list") if hasattr(cfg, "source_of") else "config", len(names), num_classes))
+        return list(names), {i: i + 1 for i in range(len(names))}, "label_list in the config"
+    reason = "no TestDataset"
+    if dataset is not None and hasattr(dataset, "label_map"):
+        try:
+            ids, names = dataset.label_map()
+            if len(names) == num_classes:
+                return list(names), {i: int(c) for i, c in enumerate(ids)}, "the TestDataset's label map"
+            reason = "the TestDataset names {} classes, the model has {}".format(len(names), num_classes)
+        except (FileNotFoundError, ValueError) as e:
+            reason = str(e)
+    entry_names = _zoo_label_list(weights)
+    if entry_names is not None and len(entry_names) == num_classes:
+        return list(entry_names), {i: i + 1 for i in range(num_classes)}, "the model-zoo entry {}".format(weights)
+    if num_classes == len(COCO_CLASS_NAMES):
+        return list(COCO_CLASS_NAMES), dict(enumerate(COCO_CATEGORY_IDS)), "COCO's 80 classes"
+    logger.warning("no class names (%s): classes are named class_0..class_%d; set label_list in the config",
+                   reason, num_classes - 1)
+    return ["class_{}".format(i) for i in range(num_classes)], {i: i + 1 for i in range(num_classes)}, "none"
+
+
+def _zoo_label_list(weights):
+    if not isinstance(weights, str) or not weights:
+        return None
+    from ..utils.model_zoo import get_entry
 
     try:
-        names = dataset.get_label_list()
-        return list(names), dict(dataset.clsid2catid)
-    except (FileNotFoundError, ValueError, AttributeError) as e:
-        if num_classes == 80:
-            anno = getattr(dataset, "get_anno", lambda: None)()
-            if anno is None or not os.path.isfile(anno):
-                logger.info("no label file (%s); using the 80 COCO class names", e)
-                return list(COCO_CLASS_NAMES), {i: c for i, c in enumerate(COCO_CATEGORY_IDS)}
-        logger.warning("no label file (%s); classes are named class_0..class_%d", e, num_classes - 1)
-        return ["class_{}".format(i) for i in range(num_classes)], {i: i + 1 for i in range(num_classes)}
+        names = get_entry(weights).get("label_list")
+    except (KeyError, ValueError, OSError):
+        return None
+    return names if isinstance(names, list) else None

@@ -5,9 +5,10 @@ import numpy as np
 import paddle
 
 from ..core import create, load_config
+from ..data.image_array import as_rgb_uint8
 from ..data.loader import collate
 from ..data.transforms import build_transforms
-from .model_builder import build_model, class_names_for, load_model_weights, select_device
+from .model_builder import build_model, label_info, load_model_weights, select_device
 from .outputs import split_outputs
 
 __all__ = ["Detector"]
@@ -34,16 +35,20 @@ class Detector(object):
         reader = cfg.get("TestReader") or {}
         self.sample_transforms = build_transforms(reader.get("sample_transforms"), "TestReader.sample_transforms")
         self.batch_transforms = build_transforms(reader.get("batch_transforms"), "TestReader.batch_transforms")
-        dataset = create(cfg["TestDataset"]) if "TestDataset" in cfg else None
-        self.class_names, self.clsid2catid = class_names_for(dataset, int(cfg.get("num_classes", 80)))
+        # The TestDataset object is only asked for names/ids: no dataset is read or generated here.
+        self.dataset = create(cfg["TestDataset"]) if "TestDataset" in cfg else None
+        self.class_names, self.clsid2catid, self.class_names_source = label_info(cfg, self.dataset, weights)
 
     def _sample(self, image, index):
         if isinstance(image, (str, os.PathLike)):
             sample = {"im_file": os.fspath(image)}
-        elif isinstance(image, np.ndarray):
-            sample = {"image": image, "im_file": "<array {}>".format(index)}
+        elif isinstance(image, (bytes, bytearray)):  # an encoded file (JPEG, PNG, ...)
+            sample = {"image": bytes(image), "im_file": "<bytes {}>".format(index)}
+        elif isinstance(image, np.ndarray) or hasattr(image, "__array__") or hasattr(image, "__array_interface__"):
+            sample = {"image": as_rgb_uint8(image, "image {}".format(index)), "im_file": "<array {}>".format(index)}
         else:
-            raise TypeError("images must be file paths or RGB uint8 arrays, got {}".format(type(image).__name__))
+            raise TypeError("images must be file paths, encoded bytes or image arrays, got {}".format(
+                type(image).__name__))
         sample["im_id"] = np.array([index], dtype=np.int64)
         for op in self.sample_transforms:
             sample = op(sample)
@@ -57,7 +62,12 @@ class Detector(object):
 
     @paddle.no_grad()
     def predict(self, images, batch_size=1):
-        """Detect objects in one image or a list of them (paths or HxWx3 RGB uint8 arrays).
+        """Detect objects in one image or a list of them.
+
+        An image is a file path, the bytes of an encoded file, or an array in **RGB** order (numpy, PIL...):
+        grayscale ``HxW``/``HxWx1``, ``HxWx3``, ``HxWx4`` (alpha dropped), uint8, bool, uint16 or float
+        (``[0, 1]`` when its max is <= 1, else 0-255); see ``ppdet_htc/data/image_array.py``. Arrays read
+        with ``cv2.imread`` are BGR: convert them first.
 
         Returns a dict (single image) or a list of dicts with ``boxes [k,4]`` (x1,y1,x2,y2),
         ``scores [k]``, ``labels [k]``, ``class_names`` (list of k names), ``masks bool [k,h,w]``.

@@ -16,6 +16,7 @@ import paddle
 
 from ..core import create
 from ..data.loader import build_reader
+from ..utils.progress import progress_interval
 from . import distributed
 from .model_builder import build_model, load_model_weights, select_device
 from .train_state import load_snapshot, save_snapshot, snapshot_paths
@@ -172,6 +173,10 @@ class Trainer(object):
             total_iters = min(total_iters, int(self.max_iters))
         meters = collections.defaultdict(SmoothedValue)
         t_start = time.time()
+        # A line every log_iter iterations, and at least every $PPDET_HTC_PROGRESS_INTERVAL (default 60) s
+        # so that slow iterations (a large model on a CPU) still show progress and an ETA.
+        self._log_seconds = progress_interval(default=60.0)
+        self._last_log = t_start
         iters_this_run = 0
         self.train_model.train()
         previous_handler = _install_sigint(self)
@@ -192,7 +197,8 @@ class Trainer(object):
                     meters["data_time"].update(data_time)
                     self.global_iter += 1
                     iters_this_run += 1
-                    if self.global_iter % self.log_iter == 0 or self.global_iter == total_iters:
+                    if (self.global_iter % self.log_iter == 0 or self.global_iter == total_iters
+                            or time.time() - self._last_log >= self._log_seconds):
                         self._log(epoch, it, meters, t_start, iters_this_run, total_iters)
                     t_data = time.time()
                 self._end_of_epoch(epoch)
@@ -248,6 +254,8 @@ class Trainer(object):
             distributed.barrier(self.world_size)
             return None
         ap = metrics["bbox"]["AP"]
+        logger.info("eval after epoch %d (global iteration %d): bbox AP %.2f, mask AP %.2f", epoch,
+                    self.global_iter, ap * 100, metrics.get("segm", {}).get("AP", float("nan")) * 100)
         if self.vdl is not None:
             for t in ("bbox", "segm"):
                 self.vdl.add_scalar("eval/{}_AP".format(t), metrics[t]["AP"] * 100, self.global_iter)
@@ -260,6 +268,7 @@ class Trainer(object):
         return metrics
 
     def _log(self, epoch, it, meters, t_start, iters_this_run, total_iters):
+        self._last_log = time.time()
         elapsed = time.time() - t_start
         sec_per_iter = elapsed / max(iters_this_run, 1)
         eta = datetime.timedelta(seconds=int(sec_per_iter * max(total_iters - self.global_iter, 0)))

@@ -1,4 +1,4 @@
-"""COCO box/mask evaluation with the semantics of PaddleDetection's ``COCOMetric`` (SEMANTICS.md §13).
+"""COCO box/mask evaluation with the semantics of PaddleDetection's ``COCOMetric`` (docs/semantics.md, "Evaluation").
 
 Per-image model outputs are turned into COCO result dicts, written as ``bbox.json``/``mask.json``
 and scored with pycocotools (``loadRes`` then ``COCOeval`` evaluate/accumulate/summarize).

@@ -32,13 +32,10 @@ import os
 import pickle
 import re
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-
-from tqdm import tqdm
 
 from ..version import __version__
 
@@ -377,22 +374,12 @@ def _content_length(response):
     return int(value) if value and value.isdigit() else None
 
 
-def _progress_enabled(progress):
-    stream = sys.stderr
-    return bool(progress) and hasattr(stream, "isatty") and stream.isatty()
-
-
 def _copy_body(response, part_path, mode, offset, total, name, progress):
     """Stream the response body into the part file, updating a progress bar."""
-    with open(part_path, mode) as out, tqdm(
-        total=total,
-        initial=offset,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=name,
-        disable=not _progress_enabled(progress),
-        leave=True,
+    from .progress import progress as progress_reporter  # a bar on a terminal, timed lines otherwise
+
+    with open(part_path, mode) as out, progress_reporter(
+        total=total, desc=name, unit="B", enabled=bool(progress), initial=offset, unit_scale=True
     ) as bar:
         # read1: whatever has arrived (up to CHUNK_SIZE), so a stall keeps the bytes received before it
         for chunk in iter(lambda: response.read1(CHUNK_SIZE), b""):
@@ -587,7 +574,7 @@ def download(url, dest_dir=None, sha256=None, md5=None, progress=True, retries=3
         sha256, md5: expected hex digests; when given, a cached file must match them and a fresh
             download is verified before it gets its final name.
         sha256_prefix: leading hex digits of the sha256 (mmdetection's file-name convention), checked likewise.
-        progress: show a tqdm bar (only when stderr is a terminal).
+        progress: report progress (a bar on a terminal, a line every few seconds otherwise).
         retries: how many times a failed transfer is retried, resuming where it stopped.
         timeout: seconds, or ``(connect, read)``; default from ``PPDET_HTC_DOWNLOAD_TIMEOUT``, else (10, 20).
         validate: True checks that the content is a complete checkpoint (``verify_checkpoint_file``);

@@ -1,9 +1,42 @@
-"""One logging format for scripts; only rank 0 logs at INFO in multi-process runs."""
+"""One logging format for scripts; only rank 0 logs at INFO in multi-process runs; Paddle's noise filtered."""
 import logging
 import os
 import sys
+import warnings
 
-__all__ = ["setup_logger"]
+__all__ = ["setup_logger", "quiet_third_party", "debug_requested", "PADDLE_NOISE", "DEBUG_ENV"]
+
+DEBUG_ENV = "PPDET_HTC_DEBUG"
+
+# Messages Paddle prints on every run that tell a user of these tools nothing they can act on
+# (shown again with --debug / PPDET_HTC_DEBUG=1).
+PADDLE_NOISE = (
+    r"No ccache found",  # on import: only matters for compiling custom C++ operators
+    r"When training, we now always track global mean and variance",  # every BatchNorm in train mode
+    r"full_graph=False don't support input_spec",  # export: we do pass full_graph=True where it exists
+    r"Tensor do not have 'place' interface for pir graph mode",  # export: tracing, no effect on the program
+)
+
+
+def debug_requested(argv=None):
+    """True when ``--debug`` is on the command line or ``$PPDET_HTC_DEBUG`` is set (not 0/false/no)."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    args = sys.argv[1:] if argv is None else list(argv)
+    return env or "--debug" in args
+
+
+def quiet_third_party(debug=False):
+    """Hide Paddle's harmless warnings and its C++ INFO/WARNING log lines unless ``debug``.
+
+    Call it before Paddle is imported (its import warns, and its C++ logging reads ``GLOG_minloglevel``
+    once). A ``GLOG_minloglevel`` the user set is respected. Returns True when filters were installed.
+    """
+    if debug:
+        return False
+    for pattern in PADDLE_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    return True
 
 
 def setup_logger(level=logging.INFO, log_file=None):

@@ -2,6 +2,8 @@
 
 Colours are a fixed function of the class index, so a class looks the same in every image.
 Masks are blended in one vectorised pass; where masks overlap the higher-scoring one is on top.
+Label tags are placed greedily (best detection first) where they cover no other tag, so crowded scenes
+stay legible; a tag pushed away from its box gets a thin leader line.
 """
 import colorsys
 import os
@@ -11,7 +13,7 @@ import numpy as np
 
 from .io import atomic_save_bytes
 
-__all__ = ["class_colors", "draw_detections", "save_visualization"]
+__all__ = ["class_colors", "draw_detections", "save_visualization", "place_labels"]
 
 _GOLDEN_RATIO_CONJUGATE = 0.618033988749895
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -71,23 +73,78 @@ def _label_text(label, score, class_names):
     return f"{class_names[label]} {score:.2f}"
 
 
-def _draw_box_and_label(canvas, box, color, text, thickness):
+def _draw_box(canvas, box, color, thickness):
     height, width = canvas.shape[:2]
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     x1, x2 = np.clip([x1, x2], 0, width - 1).tolist()
     y1, y2 = np.clip([y1, y2], 0, height - 1).tolist()
-    color = tuple(int(c) for c in color)
-    cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
+    cv2.rectangle(canvas, (x1, y1), (x2, y2), tuple(int(c) for c in color), thickness)
+    return x1, y1, x2, y2
 
-    font_scale = 0.5
+
+def _overlap(a, b):
+    """Intersection area of two ``(x1, y1, x2, y2)`` rectangles (exclusive of touching edges)."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def _candidates(box, w, h, width, height, max_shift):
+    """Tag positions for ``box`` in order of preference: above / inside the top edge, below / inside the
+    bottom edge (left, then right aligned), then further up or down in steps of one tag height."""
+    x1, y1, x2, y2 = box
+    xs = [x1, x2 - w]
+    ys = [y1 - h, y1, y2, y2 - h]
+    for k in range(1, max_shift + 1):
+        ys += [y1 - h - k * h, y2 + k * h]
+    seen = []
+    for y in ys:
+        for x in xs:
+            x = int(min(max(x, 0), max(width - w, 0)))
+            y = int(min(max(y, 0), max(height - h, 0)))
+            if (x, y) not in seen:
+                seen.append((x, y))
+    return seen
+
+
+def place_labels(boxes, sizes, image_shape, max_shift=8):
+    """Greedy tag placement: tag ``i`` (size ``(w, h)``) goes to the first position near box ``i`` that
+    stays in the image and covers no tag placed before it; callers pass the best detection first so it
+    gets the best spot. When every position collides, the one with the least overlap is used.
+
+    Returns ``[(x, y, w, h), ...]`` (top-left corner and size of each tag).
+    """
+    height, width = image_shape[:2]
+    placed = []
+    for box, (w, h) in zip(boxes, sizes):
+        best, best_cost = None, None
+        for x, y in _candidates(box, w, h, width, height, max_shift):
+            rect = (x, y, x + w, y + h)
+            cost = sum(_overlap(rect, (px, py, px + pw, py + ph)) for px, py, pw, ph in placed)
+            if best is None or cost < best_cost:
+                best, best_cost = (x, y), cost
+            if cost == 0:
+                break
+        placed.append((best[0], best[1], w, h))
+    return placed
+
+
+def _tag_size(text, font_scale=0.5):
     (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, font_scale, 1)
-    box_h = text_h + baseline + 2
-    top = y1 - box_h if y1 - box_h >= 0 else y1  # above the box when it fits, else inside
-    left = min(x1, max(width - text_w - 2, 0))
-    cv2.rectangle(canvas, (left, top), (left + text_w + 2, top + box_h), color, -1)
+    return text_w + 2, text_h + baseline + 2
+
+
+def _draw_tag(canvas, tag, box, color, text, font_scale=0.5):
+    x, y, w, h = tag
+    color = tuple(int(c) for c in color)
+    x1, y1, x2, y2 = box
+    if y + h < y1 - 1 or y > y2 + 1:  # moved away from its box: a thin leader line shows whose it is
+        anchor_y = y1 if y + h < y1 else y2
+        cv2.line(canvas, (x + w // 2, y + h if y + h < y1 else y), (min(max(x + w // 2, x1), x2), anchor_y), color, 1,
+                 cv2.LINE_AA)
+    cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), color, -1)
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     text_color = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-    cv2.putText(canvas, text, (left + 1, top + text_h + 1), _FONT, font_scale, text_color, 1, cv2.LINE_AA)
+    (_, text_h), _ = cv2.getTextSize(text, _FONT, font_scale, 1)
+    cv2.putText(canvas, text, (x + 1, y + text_h + 1), _FONT, font_scale, text_color, 1, cv2.LINE_AA)
 
 
 def draw_detections(image_rgb, boxes, scores, labels, masks=None, class_names=None, threshold=0.5, alpha=0.5):
@@ -108,9 +165,13 @@ def draw_detections(image_rgb, boxes, scores, labels, masks=None, class_names=No
     if masks is not None:
         canvas = _blend_masks(canvas, masks[order] != 0, colors, alpha)
     thickness = max(1, int(round(min(canvas.shape[:2]) / 400)))
-    for i, color in zip(order.tolist(), colors):
-        text = _label_text(int(labels[i]), float(scores[i]), class_names)
-        _draw_box_and_label(canvas, boxes[i], color, text, thickness)
+    drawn = [_draw_box(canvas, boxes[i], color, thickness) for i, color in zip(order.tolist(), colors)]
+    # Tags last, so no box line crosses a tag; the best detection chooses its spot first.
+    best_first = list(range(len(order)))[::-1]
+    texts = [_label_text(int(labels[order[j]]), float(scores[order[j]]), class_names) for j in best_first]
+    tags = place_labels([drawn[j] for j in best_first], [_tag_size(t) for t in texts], canvas.shape)
+    for j, tag, text in reversed(list(zip(best_first, tags, texts))):  # if tags must overlap, the best is on top
+        _draw_tag(canvas, tag, drawn[j], colors[j], text)
     return canvas
 
 

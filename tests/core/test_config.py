@@ -142,3 +142,37 @@ def test_merge_config_replaces_lists(tmp_path):
     cfg = load_config(write(tmp_path / "m.yml", "A: {l: [1, 2, 3], d: {x: 1}}\n"), validate=False)
     merge_config(cfg, {"A": {"l": [9], "d": {"y": 2}}})
     assert cfg.A.l == [9] and cfg.A.d == {"x": 1, "y": 2}
+
+
+def test_packaged_configs_resolve_from_any_directory(tmp_path, monkeypatch):
+    """`-c` and `_BASE_` name packaged configs with or without the leading `configs/`, from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("configs/htc/htc_r50_fpn_1x_coco.yml", "htc/htc_r50_fpn_1x_coco.yml"):
+        cfg = load_config(name)
+        assert cfg.path == os.path.join(REPO, "configs", "htc", "htc_r50_fpn_1x_coco.yml")
+        assert cfg.filename == "htc_r50_fpn_1x_coco" and cfg.num_classes == 80
+    user = write(tmp_path / "elsewhere" / "mine.yml", """
+        _BASE_: ['configs/htc/htc_without_semantic_r50_fpn_1x_coco.yml']
+        num_classes: 3
+    """)
+    cfg = load_config(user)
+    assert cfg.num_classes == 3 and cfg.architecture == "HybridTaskCascade"
+    assert cfg.source_of("architecture").endswith(os.path.join("htc", "_base_", "htc.yml"))
+    # A file next to the including config wins over a packaged one of the same name.
+    write(tmp_path / "elsewhere" / "htc" / "htc_r50_fpn_1x_coco.yml", "epoch: 99\n")
+    near = write(tmp_path / "elsewhere" / "near.yml", "_BASE_: ['htc/htc_r50_fpn_1x_coco.yml']\n")
+    assert load_config(near).epoch == 99
+
+
+def test_missing_config_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as e:
+        load_config("htc/no_such_config.yml")
+    msg = str(e.value)
+    assert "looked in" in msg and str(tmp_path / "htc" / "no_such_config.yml") in msg
+    assert os.path.join(REPO, "configs", "htc", "no_such_config.yml") in msg
+    user = write(tmp_path / "u.yml", "_BASE_: ['../nowhere/base.yml']\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(user)
+    assert "_BASE_ file '../nowhere/base.yml' not found; looked in: " in str(e.value)
+    assert str(tmp_path.parent / "nowhere" / "base.yml") in str(e.value)

@@ -1,6 +1,7 @@
 """scripts/eval.py behaviour: json_eval equality, batch-size invariance, and clear errors on bad input."""
 import json
 import os
+import re
 
 import pytest
 
@@ -94,3 +95,38 @@ def test_bad_inputs_are_named(same_size_set, tmp_path):
     assert os.path.basename(victim) in str(e.value)
     with pytest.raises(ConfigError, match="batch_size"):  # a misspelt reader key names the valid one
         evaluate(load_config(DEMO, ["EvalReader.batch_sise=2"]), progress=False)
+
+
+def test_eval_with_redirected_output_shows_periodic_progress_and_writes_to_output(same_size_set, tmp_path):
+    """As under CI, nohup or `| tee`: stdout is a file. Progress comes as timed lines with an ETA (not one line
+    per image, not nothing), results land in output/<config name>/ of the working directory, plots with
+    --plot, and Paddle's ccache warning is not shown."""
+    import subprocess
+    import sys
+
+    cfg = coco_config(same_size_set)
+    env = dict(os.environ, PPDET_HTC_PROGRESS_INTERVAL="0.3", PYTHONPATH=REPO)
+    env.pop("PPDET_HTC_DEBUG", None)
+    env.pop("PPDET_HTC_PROGRESS", None)
+    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "eval.py"), "-c", cfg, "--plot",
+                               "-o", "worker_num=0"], cwd=str(tmp_path), stdout=out, stderr=err, env=env,
+                              timeout=600)
+    stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 0, stderr[-3000:]
+    lines = [ln for ln in stdout.splitlines() if "eval: " in ln and " img " in ln]
+    periodic = [ln for ln in lines if "ETA" in ln]
+    assert periodic, stdout[-3000:]
+    assert len(lines) < 8 + 2  # timed lines, not one per image (8 images)
+    assert all(re.search(r"eval: \d+/8 img \(\d+%\) \| [\d.]+ img/s \| elapsed [\d:]+ \| ETA [\d:?]+", ln)
+               for ln in periodic), periodic
+    assert any("eval: done, 8/8 img" in ln for ln in lines)
+    assert "%|" not in stderr  # no tqdm bar frames in a file
+    assert "ccache" not in stderr + stdout
+    out_dir = tmp_path / "output" / "eval_cfg"
+    for name in ("bbox.json", "mask.json", "metrics.json"):
+        assert (out_dir / name).is_file()
+    assert not (tmp_path / "bbox.json").exists()
+    for name in ("pr_curves_bbox.png", "pr_curves_segm.png", "error_breakdown_bbox.png", "confusion_matrix.png"):
+        data = (out_dir / "plots" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000

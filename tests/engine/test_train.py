@@ -222,3 +222,34 @@ def test_ctrl_c_saves_a_resumable_snapshot(shapes_root, tmp_path):
     cfg = load_config(str(cfg_path))
     tr = Trainer(cfg, resume=str(out / "last"), max_iters=None, output_dir=str(out), progress=False)
     assert tr.global_iter >= 3
+
+
+def test_train_command_draws_curves_next_to_its_log(shapes_root, tmp_path):
+    """scripts/train.py writes train_curves.png beside train.log when it ends (here at --max_iters)."""
+    import yaml
+
+    from ppdet_htc.cli import train_main
+
+    opts = train_overrides(shapes_root, epoch=2)
+    opts["_BASE_"] = [TINY]
+    cfg_path = tmp_path / "tiny_train.yml"
+    cfg_path.write_text(yaml.safe_dump(opts))
+    out = tmp_path / "run"
+    train_main(["-c", str(cfg_path), "--max_iters", "3", "--output_dir", str(out)])
+    log = (out / "train.log").read_text()
+    assert log.count("(global ") >= 3
+    png = (out / "train_curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10000
+
+
+def test_slow_iterations_still_log_progress(shapes_root, tmp_path, monkeypatch, caplog):
+    """A line every log_iter iterations *or* every PPDET_HTC_PROGRESS_INTERVAL seconds, whichever comes first:
+    with log_iter 1000 and a 0 s interval every iteration logs (with its ETA)."""
+    import logging
+
+    monkeypatch.setenv("PPDET_HTC_PROGRESS_INTERVAL", "0")
+    cfg = make_cfg(shapes_root, tmp_path, {"log_iter": 1000})
+    with caplog.at_level(logging.INFO, logger="ppdet_htc"):
+        Trainer(cfg, max_iters=3, seed=1, progress=False).train()
+    lines = [r.getMessage() for r in caplog.records if "(global " in r.getMessage()]
+    assert len(lines) == 3 and all("eta" in ln for ln in lines)

@@ -99,3 +99,63 @@ def test_save_visualization_writes_bgr_png_atomically(tmp_path):
         save_visualization(str(tmp_path / "noext"), image, boxes, scores, labels)
     with pytest.raises(ValueError, match="out.xyz"):
         save_visualization(str(tmp_path / "out.xyz"), image, boxes, scores, labels)
+
+
+def _tag_rects(tags):
+    return [(x, y, x + w, y + h) for x, y, w, h in tags]
+
+
+def _overlap(a, b):
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def test_label_tags_do_not_cover_each_other_when_boxes_crowd():
+    """Twelve strongly overlapping boxes: the naive "above the top-left corner" tags would pile up."""
+    from ppdet_htc.utils.visualize import place_labels
+
+    rng = np.random.default_rng(3)
+    boxes = []
+    for _ in range(12):
+        x1, y1 = rng.integers(140, 180, size=2)
+        boxes.append((int(x1), int(y1), int(x1 + rng.integers(40, 80)), int(y1 + rng.integers(40, 80))))
+    sizes = [(70, 17)] * len(boxes)
+    naive = [(x1, y1 - 17, 70, 17) for x1, y1, _, _ in boxes]
+    assert sum(_overlap(a, b) for i, a in enumerate(_tag_rects(naive)) for b in _tag_rects(naive)[i + 1:]) > 0
+    tags = place_labels(boxes, sizes, (400, 400))
+    rects = _tag_rects(tags)
+    for i, a in enumerate(rects):
+        assert 0 <= a[0] and a[2] <= 400 and 0 <= a[1] and a[3] <= 400  # inside the image
+        for b in rects[i + 1:]:
+            assert _overlap(a, b) == 0, (a, b)
+    # Each tag stays near its own box (within 8 tag heights above or below it).
+    for (x1, y1, x2, y2), (x, y, w, h) in zip(boxes, tags):
+        assert y1 - 9 * h <= y <= y2 + 8 * h and x1 - w <= x <= x2
+
+
+def test_drawn_crowd_keeps_every_label_legible():
+    """End to end: in the drawn picture each tag's rectangle is found intact in its class colour."""
+    from ppdet_htc.utils import visualize
+
+    image = np.full((240, 320, 3), 30, np.uint8)
+    boxes = np.array([[100 + 6 * i, 80 + 4 * i, 170 + 6 * i, 150 + 4 * i] for i in range(8)], np.float32)
+    scores = np.linspace(0.95, 0.6, 8).astype(np.float32)
+    labels = np.arange(8) % 4
+    calls = []
+    original = visualize.place_labels
+
+    def spy(*a, **k):
+        calls.append(original(*a, **k))
+        return calls[-1]
+
+    visualize.place_labels = spy
+    try:
+        out = draw_detections(image, boxes, scores, labels, class_names=["ellipse", "quad", "tri", "pent"])
+    finally:
+        visualize.place_labels = original
+    tags = calls[0]
+    rects = _tag_rects(tags)
+    assert all(_overlap(a, b) == 0 for i, a in enumerate(rects) for b in rects[i + 1:])
+    palette = class_colors(4)
+    for (x, y, w, h), label in zip(tags, labels[np.argsort(-scores)]):
+        corner = out[y + 1, x + w - 2]  # tag background right of the text
+        np.testing.assert_array_equal(corner, palette[label])
