@@ -181,6 +181,9 @@ def _max_coordinate(boxes):
     return paddle.max(flat)
 
 
+_NMS_SPLIT_THR = 10000  # mmcv batched_nms's split_thr: from this many boxes on, one NMS per group
+
+
 def batched_nms(boxes, scores, idxs, iou_threshold):
     """mmcv's ``batched_nms`` (class/level-aware greedy NMS), the decisions bit for bit.
 
@@ -189,25 +192,46 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     descending score (equal scores: lower index first).
 
     mmcv (SEMANTICS_MMDET 5.5, Quirk M4) always separates the groups with the offset trick:
-    ``boxes + f32(idx) * (max(boxes) + 1)`` in float32, and runs one greedy NMS on the shifted boxes,
-    so IoUs are those of the quantised shifted coordinates; reproducing the same float32 arithmetic
-    gives the same borderline decisions. A later box j is suppressed by a kept box i when
-    ``inter / (area_i + area_j - inter) > f32(iou_threshold)`` (strict; areas ``(x2-x1)*(y2-y1)``, no +1).
-    Paddle's native ``nms`` kernel computes exactly these float32 operations in this order and the same
-    strict comparison (checked against a NumPy transcription of mmcv's CPU kernel on at-threshold IoUs
-    and large offsets, tests/modeling/test_ops_batched_nms.py), so the kernel runs the greedy loop here.
-    mmcv's per-group branch for ``N >= 10000`` keeps the same set whenever coordinates are >= 0 (all
-    its callers clip boxes to the image first); this function always takes the single-NMS branch.
-    Works in exported programs too (Paddle 3.x: also with empty input; Paddle 2.6's static executor
-    fails on any binary op over empty tensors, so there an exported program needs at least one box).
+    ``boxes + f32(idx) * (max(boxes) + 1)`` in float32, so IoUs are those of the quantised shifted
+    coordinates; reproducing the same float32 arithmetic gives the same borderline decisions. A later box j
+    is suppressed by a kept box i when ``inter / (area_i + area_j - inter) > f32(iou_threshold)`` (strict;
+    areas ``(x2-x1)*(y2-y1)``, no +1). Paddle's native ``nms`` kernel computes exactly these float32
+    operations in this order with the same strict comparison (checked against a NumPy transcription of
+    mmcv's CPU kernel on at-threshold IoUs and large offsets, tests/modeling/test_ops_batched_nms.py), so
+    the kernel runs the greedy loop. Like mmcv, fewer than 10000 boxes get one NMS over all shifted boxes,
+    more get one NMS per group (on the same shifted boxes; the kernel is quadratic, 50000 boxes in one call
+    take seconds). The two branches keep the same boxes unless coordinates go below -1.
+    Exported programs always take the single-NMS branch (Paddle 3.x: also with empty input; Paddle 2.6's
+    static executor fails on any binary op over empty tensors, so there a program needs at least one box).
     """
     if paddle.in_dynamic_mode() and boxes.shape[0] == 0:
         return paddle.zeros([0], dtype="int64")
-    boxes = boxes.astype("float32")
-    shifted = boxes + (idxs.astype("float32") * (_max_coordinate(boxes) + 1.0)).unsqueeze(1)
+    if paddle.in_dynamic_mode() and boxes.shape[0] >= _NMS_SPLIT_THR:
+        return _batched_nms_per_group(boxes, scores, idxs, iou_threshold)
+    shifted = _offset_boxes(boxes, idxs)
     order = _argsort_descending_stable(scores)
     keep = vops.nms(paddle.gather(shifted, order), float(iou_threshold))
     return paddle.gather(order, keep)
+
+
+def _offset_boxes(boxes, idxs):
+    """mmcv's offset trick in float32: ``boxes + f32(idx) * (max(boxes) + 1)``."""
+    boxes = boxes.astype("float32")
+    return boxes + (idxs.astype("float32") * (_max_coordinate(boxes) + 1.0)).unsqueeze(1)
+
+
+def _batched_nms_per_group(boxes, scores, idxs, iou_threshold):
+    """mmcv's split branch (dynamic mode): one NMS per distinct idx on its shifted boxes (a loop over the
+    groups, i.e. classes or levels, never over boxes), then all kept rows by descending score."""
+    shifted = _offset_boxes(boxes, idxs)
+    order = _argsort_descending_stable(scores)
+    ranked_idxs = paddle.gather(idxs, order)
+    kept = []
+    for group in np.unique(ranked_idxs.numpy()):
+        rank = paddle.nonzero(ranked_idxs == int(group)).reshape([-1])  # ascending rank = descending score
+        keep = vops.nms(paddle.gather(shifted, paddle.gather(order, rank)), float(iou_threshold))
+        kept.append(paddle.gather(rank, keep))
+    return paddle.gather(order, paddle.sort(paddle.concat(kept)))
 
 
 def deform_conv2d(x, offset, weight, stride=1, padding=0, dilation=1, groups=1, deformable_groups=1, bias=None):

@@ -54,11 +54,21 @@ def offset_boxes(boxes, idxs):
     return boxes + (np.asarray(idxs).astype(np.float32) * step)[:, None]
 
 
-def mmcv_batched_nms(boxes, scores, idxs, iou_threshold):
-    """mmcv ``batched_nms`` (class_agnostic False, fewer than 10000 boxes): one NMS on the offset boxes."""
+def mmcv_batched_nms(boxes, scores, idxs, iou_threshold, split_thr=10000):
+    """mmcv ``batched_nms`` (class_agnostic False): fewer than ``split_thr`` boxes, one NMS on the offset boxes;
+    otherwise one NMS per distinct idx (ascending) on its offset boxes, then the union by descending score."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    return mmcv_nms(offset_boxes(boxes, idxs), scores, iou_threshold)
+    shifted = offset_boxes(boxes, idxs)
+    if len(boxes) < split_thr:
+        return mmcv_nms(shifted, scores, iou_threshold)
+    idxs = np.asarray(idxs)
+    kept = []
+    for group in np.unique(idxs):
+        rows = np.nonzero(idxs == group)[0]
+        kept.append(rows[mmcv_nms(shifted[rows], np.asarray(scores)[rows], iou_threshold)])
+    kept = np.concatenate(kept)
+    return kept[stable_descending(np.asarray(scores)[kept])]
 
 
 def bilinear_mmcv(img, h, w):

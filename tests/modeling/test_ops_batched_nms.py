@@ -103,6 +103,30 @@ def test_offset_quantisation_decides_like_mmcv():
     assert differing > 20
 
 
+def test_per_group_branch_matches_mmcv(monkeypatch):
+    """From ``split_thr`` boxes on mmcv runs one NMS per group; with a lowered threshold both branches are
+    compared, including negative coordinates, where groups can overlap and the branches really differ."""
+    rng = np.random.default_rng(21)
+    differ = 0
+    for trial in range(30):
+        boxes, scores, idxs = _random_case(rng, int(rng.integers(40, 120)), int(rng.integers(2, 6)), 40.0)
+        boxes -= np.float32(rng.choice([0.0, 30.0]))  # sometimes far below -1: shifted groups overlap
+        single = ref.mmcv_batched_nms(boxes, scores, idxs, 0.5)
+        split = ref.mmcv_batched_nms(boxes, scores, idxs, 0.5, split_thr=1)
+        differ += not np.array_equal(single, split)
+        np.testing.assert_array_equal(_run(boxes, scores, idxs, 0.5), single)
+        monkeypatch.setattr(ops, "_NMS_SPLIT_THR", 1)
+        np.testing.assert_array_equal(_run(boxes, scores, idxs, 0.5), split)
+        monkeypatch.undo()
+    assert differ > 0
+
+
+def test_ten_thousand_boxes_take_the_per_group_branch():
+    rng = np.random.default_rng(22)
+    boxes, scores, idxs = _random_case(rng, 10000, 200, 1333.0)
+    np.testing.assert_array_equal(_run(boxes, scores, idxs, 0.5), ref.mmcv_batched_nms(boxes, scores, idxs, 0.5))
+
+
 def test_empty_and_single():
     out = _run(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5)
     assert out.shape == (0,) and out.dtype == np.int64
