@@ -33,6 +33,10 @@ class _Coder(object):
         hw = paddle.gather(im_shape.astype(boxes.dtype), box_utils.roi_image_index(rois_num))
         return box_utils.clip_boxes(boxes, hw)
 
+    def __call__(self, deltas, rois, rois_num, im_shape):
+        """As a post-processing decoder (``BBoxPostProcess.decode``): :meth:`decode_and_clip`."""
+        return self.decode_and_clip(deltas, rois, rois_num, im_shape)
+
 
 @serializable
 class DeltaBBoxCoder(_Coder):
