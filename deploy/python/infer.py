@@ -66,8 +66,11 @@ class Preprocess(object):
                 im = im.astype(np.float32, copy=True)
                 if step.get("is_scale", True):
                     im *= np.float32(1.0 / 255.0)
-                im -= np.array(step["mean"], dtype=np.float64)[None, None, :]
-                im /= np.array(step["std"], dtype=np.float64)[None, None, :]
+                if step.get("float32_arithmetic", False):  # mmdetection: (x - mean) / std in float32
+                    im = (im - np.array(step["mean"], dtype=np.float32)) / np.array(step["std"], dtype=np.float32)
+                else:
+                    im -= np.array(step["mean"], dtype=np.float64)[None, None, :]
+                    im /= np.array(step["std"], dtype=np.float64)[None, None, :]
             elif kind == "Permute":
                 im = np.ascontiguousarray(im.transpose((2, 0, 1)))
             elif kind == "PadStride":
@@ -90,10 +93,16 @@ class Preprocess(object):
             s = min(float(min(target)) / min(h, w), float(max(target)) / max(h, w))
             sy = sx = s
             rh, rw = s * float(h), s * float(w)
+            if step.get("scale_from_size", False):  # mmdetection: integer size first, per-axis factors
+                rh, rw = float(int(h * s + 0.5)), float(int(w * s + 0.5))
+                sy, sx = rh / h, rw / w
         else:
             sy, sx = float(target[0]) / h, float(target[1]) / w
             rh, rw = float(target[0]), float(target[1])
-        out = cv2.resize(im, None, None, fx=sx, fy=sy, interpolation=int(step.get("interp", 1)))
+        if step.get("scale_from_size", False):
+            out = cv2.resize(im, (int(rw), int(rh)), interpolation=int(step.get("interp", 1)))
+        else:
+            out = cv2.resize(im, None, None, fx=sx, fy=sy, interpolation=int(step.get("interp", 1)))
         return out.astype(np.float32), np.array([rh, rw], np.float32), np.array([sy, sx], np.float32)
 
 

@@ -7,6 +7,11 @@ A *sample* is a dict (see ``ppdet_htc/data/README.md`` for the keys). Sample tra
 Numerics follow the reference exactly where they change outputs: cv2 decoding to RGB, keep-ratio
 resize with ``cv2.resize(fx=s, fy=s)`` on uint8 and an *unrounded* float ``im_shape``; normalisation
 ``(x * float32(1/255) - mean) / std`` with mean/std in float64 and the result stored as float32.
+
+mmdetection's pre-processing (SEMANTICS_MMDET.md 2 and 12.1) is available through options that say what
+they change: ``Resize(scale_from_size=True)`` (integer output size first, per-axis scale factors from it),
+``NormalizeImage(float32_arithmetic=True)`` (``(x - mean) / std`` in float32, mean/std on the 0-255 scale
+with ``is_scale: false``) and ``RandomResize(random_range=True)`` (multi-scale training).
 """
 import numbers
 import os
@@ -21,6 +26,7 @@ __all__ = [
     "build_transforms",
     "Decode",
     "Resize",
+    "RandomResize",
     "RandomFlip",
     "NormalizeImage",
     "Permute",
@@ -147,11 +153,18 @@ def _is_poly(segm):
 class Resize(object):
     """Resize to ``target_size``; with ``keep_ratio`` the scale is ``min(short/min(h,w), long/max(h,w))``.
 
-    ``im_shape`` becomes the unrounded ``[s*h, s*w]``; boxes and polygons are scaled (boxes clipped),
-    RLE/bitmap masks and the semantic map are resized (semantic with nearest neighbour).
+    Default (PaddleDetection): ``cv2.resize(fx=s, fy=s)``, ``im_shape`` the unrounded ``[s*h, s*w]``,
+    ``scale_factor`` ``[s, s]``. ``scale_from_size`` (mmdetection / mmcv ``imrescale``): the output size
+    comes first, ``new = int(side * s + 0.5)`` per side (``s`` in float64; without ``keep_ratio`` the
+    target itself), the image is resized to exactly that size (``cv2.resize`` with ``dsize``, so OpenCV uses
+    the per-axis ratios ``old/new``), ``im_shape = [new_h, new_w]`` (integers) and ``scale_factor =
+    [new_h/h, new_w/w]`` per axis (float32 of the float64 ratio); bitmap masks are resized with nearest
+    neighbour like mmdetection's ``BitmapMasks.rescale``.
+    Boxes are scaled (float32) and clipped to ``im_shape``, polygons scaled; RLE/bitmap masks in ``gt_poly``,
+    full-image masks ``gt_segm [n,h,w]`` (nearest) and the semantic map (nearest) are resized to the image.
     """
 
-    def __init__(self, target_size, keep_ratio=True, interp=cv2.INTER_LINEAR):
+    def __init__(self, target_size, keep_ratio=True, interp=cv2.INTER_LINEAR, scale_from_size=False):
         if isinstance(target_size, numbers.Integral):
             target_size = [target_size, target_size]
         if not isinstance(target_size, (list, tuple)) or len(target_size) != 2:
@@ -159,12 +172,18 @@ class Resize(object):
         self.target_size = list(target_size)
         self.keep_ratio = keep_ratio
         self.interp = interp
+        self.scale_from_size = bool(scale_from_size)
 
     def scale_for(self, h, w):
+        """``(scale_y, scale_x, out_h, out_w)`` for an ``h x w`` image (out sizes are integers with
+        ``scale_from_size``, the unrounded products otherwise)."""
         if self.keep_ratio:
             size_min, size_max = min(h, w), max(h, w)
             t_min, t_max = min(self.target_size), max(self.target_size)
             s = min(float(t_min) / float(size_min), float(t_max) / float(size_max))
+            if self.scale_from_size:
+                rh, rw = int(h * s + 0.5), int(w * s + 0.5)  # mmcv rescale_size: round half up
+                return rh / float(h), rw / float(w), float(rh), float(rw)
             return s, s, s * float(h), s * float(w)
         rh, rw = self.target_size
         return float(rh) / h, float(rw) / w, float(rh), float(rw)
@@ -173,24 +192,34 @@ class Resize(object):
         im = sample["image"]
         h, w = im.shape[:2]
         sy, sx, rh, rw = self.scale_for(h, w)
-        im = cv2.resize(im, None, None, fx=sx, fy=sy, interpolation=self.interp)
+        if self.scale_from_size:
+            im = cv2.resize(im, (int(rw), int(rh)), interpolation=self.interp)
+            sy, sx = np.float32(sy), np.float32(sx)
+            old = sample.get("scale_factor", np.array([1.0, 1.0], dtype=np.float32))
+            sample["scale_factor"] = np.asarray([old[0] * np.float64(sy), old[1] * np.float64(sx)],
+                                                dtype=np.float32)
+        else:
+            im = cv2.resize(im, None, None, fx=sx, fy=sy, interpolation=self.interp)
+            old = sample.get("scale_factor", np.array([1.0, 1.0], dtype=np.float32))
+            sample["scale_factor"] = np.asarray([old[0] * sy, old[1] * sx], dtype=np.float32)
         sample["image"] = im.astype(np.float32)
         sample["im_shape"] = np.asarray([rh, rw], dtype=np.float32)
-        old = sample.get("scale_factor", np.array([1.0, 1.0], dtype=np.float32))
-        sample["scale_factor"] = np.asarray([old[0] * sy, old[1] * sx], dtype=np.float32)
+        out_hw = im.shape[:2]
         if "gt_bbox" in sample and len(sample["gt_bbox"]) > 0:
             bbox = sample["gt_bbox"].astype(np.float32).copy()
             bbox[:, 0::2] = np.clip(bbox[:, 0::2] * sx, 0, rw)
             bbox[:, 1::2] = np.clip(bbox[:, 1::2] * sy, 0, rh)
             sample["gt_bbox"] = bbox
         if "gt_poly" in sample and len(sample["gt_poly"]) > 0:
-            sample["gt_poly"] = [self._segm(s, sx, sy, h, w) for s in sample["gt_poly"]]
+            sample["gt_poly"] = [self._segm(s, sx, sy, out_hw) for s in sample["gt_poly"]]
+        if sample.get("gt_segm") is not None:
+            sample["gt_segm"] = _resize_masks_nearest(sample["gt_segm"], out_hw)
         if sample.get("semantic") is not None:
-            sample["semantic"] = cv2.resize(sample["semantic"], (im.shape[1], im.shape[0]),
+            sample["semantic"] = cv2.resize(sample["semantic"], (out_hw[1], out_hw[0]),
                                             interpolation=cv2.INTER_NEAREST)
         return sample
 
-    def _segm(self, segm, sx, sy, h, w):
+    def _segm(self, segm, sx, sy, out_hw):
         if _is_poly(segm):
             out = []
             for poly in segm:
@@ -200,13 +229,70 @@ class Resize(object):
                 out.append(p.tolist())
             return out
         mask = mask_util.decode(segm) if isinstance(segm, dict) else segm
+        if self.scale_from_size:
+            return cv2.resize(mask.astype(np.uint8), (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST)
         mask = cv2.resize(mask.astype(np.uint8), None, None, fx=sx, fy=sy, interpolation=self.interp)
         return mask.astype(np.uint8)
 
 
+def _resize_masks_nearest(masks, out_hw):
+    """``[n,h,w]`` uint8 masks -> ``[n,H,W]`` with nearest neighbour (``cv2.resize`` with ``dsize``)."""
+    masks = np.asarray(masks, np.uint8)
+    out = np.zeros((len(masks), out_hw[0], out_hw[1]), np.uint8)
+    for i, m in enumerate(masks):  # one call per object (cv2 takes at most 512 channels at once)
+        out[i] = cv2.resize(m, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_NEAREST)
+    return out
+
+
+@register_transform
+class RandomResize(object):
+    """Resize to a random target (then exactly as :class:`Resize` with the other options).
+
+    ``random_range`` (mmdetection ``multiscale_mode='range'``; PaddleDetection ``RandomResize``): from the
+    ``target_size`` pairs, the long edge is a uniform integer between the smallest and largest long sides
+    given and the short edge likewise, e.g. ``[[400, 1600], [1400, 1600]]`` for mmdetection's
+    ``img_scale=[(1600, 400), (1600, 1400)]``: short side in [400, 1400], long side at most 1600.
+    Otherwise one entry of ``target_size`` is chosen uniformly.
+    """
+
+    def __init__(self, target_size, keep_ratio=True, interp=cv2.INTER_LINEAR, random_range=False,
+                 scale_from_size=False):
+        sizes = list(target_size) if isinstance(target_size, (list, tuple)) else None
+        ok = bool(sizes) and all(
+            isinstance(t, numbers.Integral) or (isinstance(t, (list, tuple)) and len(t) == 2) for t in sizes)
+        if random_range:
+            ok = ok and len(sizes) >= 2 and all(isinstance(t, (list, tuple)) for t in sizes)
+        if not ok:
+            raise ValueError("RandomResize.target_size must be a list of [h, w] pairs{}, got {!r}".format(
+                " (at least two with random_range)" if random_range else " or ints", target_size))
+        self.target_size = [list(t) if isinstance(t, (list, tuple)) else t for t in sizes]
+        self.keep_ratio = keep_ratio
+        self.interp = interp
+        self.random_range = bool(random_range)
+        self.scale_from_size = bool(scale_from_size)
+
+    def sample_target(self, rng=None):
+        """The ``[short, long]`` (``random_range``) or chosen target size for one sample."""
+        rng = rng if rng is not None else np.random.default_rng()
+        if self.random_range:
+            longs = [max(t) for t in self.target_size]
+            shorts = [min(t) for t in self.target_size]
+            long_edge = int(rng.integers(min(longs), max(longs) + 1))
+            short_edge = int(rng.integers(min(shorts), max(shorts) + 1))
+            return [short_edge, long_edge]
+        return self.target_size[int(rng.integers(len(self.target_size)))]
+
+    def __call__(self, sample, rng=None):
+        resize = Resize(self.sample_target(rng), keep_ratio=self.keep_ratio, interp=self.interp,
+                        scale_from_size=self.scale_from_size)
+        return resize(sample, rng)
+
+
 @register_transform
 class RandomFlip(object):
-    """Mirror horizontally with probability ``prob`` (image, boxes, polygons, masks, semantic map)."""
+    """Mirror horizontally with probability ``prob`` (image, boxes, polygons, masks, ``gt_segm``, semantic map).
+
+    Boxes become ``[W - x2, y1, W - x1, y2]`` (no -1), as in both PaddleDetection and mmdetection."""
 
     def __init__(self, prob=0.5):
         self.prob = prob
@@ -227,6 +313,8 @@ class RandomFlip(object):
             sample["gt_bbox"] = bbox
         if "gt_poly" in sample and len(sample["gt_poly"]) > 0:
             sample["gt_poly"] = [self._segm(s, width) for s in sample["gt_poly"]]
+        if sample.get("gt_segm") is not None:
+            sample["gt_segm"] = np.ascontiguousarray(np.asarray(sample["gt_segm"])[:, :, ::-1])
         if sample.get("semantic") is not None:
             sample["semantic"] = np.ascontiguousarray(sample["semantic"][:, ::-1])
         sample["flipped"] = True
@@ -247,10 +335,16 @@ class RandomFlip(object):
 
 @register_transform
 class NormalizeImage(object):
-    """``x/255`` (float32) then ``(x - mean)/std`` per channel, like the reference (numpy in place)."""
+    """``x/255`` (float32, ``is_scale``) then ``(x - mean)/std`` per channel.
+
+    Default (PaddleDetection, numpy in place): the subtraction and division run in float64 with mean/std
+    in float64, each result stored as float32. ``float32_arithmetic`` (mmdetection / PyTorch):
+    ``(x - f32(mean)) / f32(std)`` entirely in float32; with mmdetection's 0-255 mean/std
+    (``is_scale: false``) the two differ in the last bit for about a third of the uint8 values.
+    """
 
     def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), is_scale=True,
-                 norm_type="mean_std"):
+                 norm_type="mean_std", float32_arithmetic=False):
         if norm_type not in ("mean_std", "none"):
             raise ValueError("NormalizeImage.norm_type must be 'mean_std' or 'none', got {!r}".format(norm_type))
         if norm_type == "mean_std" and any(s == 0 for s in std):
@@ -259,14 +353,18 @@ class NormalizeImage(object):
         self.std = list(std)
         self.is_scale = is_scale
         self.norm_type = norm_type
+        self.float32_arithmetic = bool(float32_arithmetic)
 
     def __call__(self, sample, rng=None):
         im = sample["image"].astype(np.float32, copy=True)
         if self.is_scale:
             im *= np.float32(1.0 / 255.0)
         if self.norm_type == "mean_std":
-            im -= np.array(self.mean, dtype=np.float64)[None, None, :]
-            im /= np.array(self.std, dtype=np.float64)[None, None, :]
+            if self.float32_arithmetic:
+                im = (im - np.array(self.mean, dtype=np.float32)) / np.array(self.std, dtype=np.float32)
+            else:
+                im -= np.array(self.mean, dtype=np.float64)[None, None, :]
+                im /= np.array(self.std, dtype=np.float64)[None, None, :]
         sample["image"] = im
         return sample
 

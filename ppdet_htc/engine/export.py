@@ -48,9 +48,13 @@ def infer_cfg_dict(cfg, class_names, category_ids, draw_threshold=0.5):
             steps.append({"type": "Resize", "target_size": list(target) if isinstance(target, (list, tuple))
                           else [target, target], "keep_ratio": bool(kw.get("keep_ratio", True)),
                           "interp": int(kw.get("interp", 1))})
+            if kw.get("scale_from_size"):  # mmdetection rounding (only written when set: older readers)
+                steps[-1]["scale_from_size"] = True
         elif name == "NormalizeImage":
             steps.append({"type": "NormalizeImage", "mean": list(kw.get("mean", (0.485, 0.456, 0.406))),
                           "std": list(kw.get("std", (0.229, 0.224, 0.225))), "is_scale": bool(kw.get("is_scale", True))})
+            if kw.get("float32_arithmetic"):
+                steps[-1]["float32_arithmetic"] = True
         elif name == "Permute":
             steps.append({"type": "Permute"})
         else:

@@ -1,8 +1,11 @@
-"""Small building blocks shared by heads: a conv wrapper whose parameters live under ``.conv``."""
+"""Small building blocks shared by the model: a conv wrapper whose parameters live under ``.conv``, and
+mmdetection's deformable convolution (DCN v1) layer."""
 import paddle
 import paddle.nn as nn
 from paddle import ParamAttr
 from paddle.nn.initializer import Constant, KaimingNormal, KaimingUniform
+
+from . import ops
 
 
 def relu(x, inplace):
@@ -68,3 +71,36 @@ class ConvAct(nn.Layer):
     def forward(self, x):
         x = self.conv(x)
         return relu(x, inference(self)) if self.relu else x
+
+
+class DeformableConvV1(nn.Layer):
+    """Deformable convolution v1 that predicts its own offsets (mmcv's ``DeformConv2dPack``, mmdetection's ``DCN``).
+
+    ``offset = conv_offset(x)``: a plain ``Conv2D(ch_in -> 2*deformable_groups*k*k, k)`` with bias and the
+    stride/padding/dilation of the main convolution, initialised to zero, so a fresh layer is exactly the
+    ordinary convolution and learns to deform from there. The main weight ``weight [ch_out, ch_in/groups,
+    k, k]`` has no bias. Offsets use mmcv's channel layout (see :func:`ops.deform_conv2d`), so mmdetection
+    checkpoints load unchanged: ``conv2.weight`` -> ``weight``, ``conv2.conv_offset.*`` -> ``conv_offset.*``.
+    ``weight_attr`` is the main weight's ``ParamAttr``; ``lr`` the learning-rate multiplier of the offsets.
+    """
+
+    def __init__(self, ch_in, ch_out, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 deformable_groups=1, weight_attr=None, lr=1.0):
+        super().__init__()
+        if ch_in % groups or ch_out % groups:
+            raise ValueError("DeformableConvV1: channels {} -> {} are not divisible by groups={}".format(
+                ch_in, ch_out, groups))
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups, self.deformable_groups = groups, deformable_groups
+        self.weight = self.create_parameter(
+            [ch_out, ch_in // groups, kernel_size, kernel_size],
+            attr=weight_attr if weight_attr is not None else ParamAttr(initializer=KaimingNormal()))
+        zero = dict(learning_rate=lr, initializer=Constant(0.0))
+        self.conv_offset = nn.Conv2D(
+            ch_in, 2 * deformable_groups * kernel_size * kernel_size, kernel_size, stride=stride,
+            padding=padding, dilation=dilation, weight_attr=ParamAttr(**zero), bias_attr=ParamAttr(**zero))
+
+    def forward(self, x):
+        return ops.deform_conv2d(x, self.conv_offset(x), self.weight, stride=self.stride, padding=self.padding,
+                                 dilation=self.dilation, groups=self.groups,
+                                 deformable_groups=self.deformable_groups)

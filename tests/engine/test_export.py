@@ -116,3 +116,42 @@ def test_deploy_with_onednn_runs_and_agrees_closely(exported):
         a, b = top(dynamic, f), top(recs, f)
         assert a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) < 0.02
         assert np.abs(np.array(a["bbox"]) - np.array(b["bbox"])).max() < 1.0
+
+
+@pytest.mark.parametrize("mmdet", [False, True])
+def test_deploy_preprocess_equals_the_reader(mmdet, tmp_path):
+    """infer_cfg.yml carries the mmdetection pre-processing options, and deploy/python/infer.py's Preprocess
+    then gives the reader's image, im_shape and scale_factor bit for bit (default pipeline unchanged too)."""
+    import sys
+
+    from ppdet_htc.data.transforms import PadBatch, build_transforms
+    from ppdet_htc.engine.export import infer_cfg_dict
+
+    sys.path.insert(0, DEPLOY)
+    try:
+        import infer as deploy_infer
+    finally:
+        sys.path.remove(DEPLOY)
+    if mmdet:
+        resize = {"target_size": [800, 1333], "keep_ratio": True, "interp": 1, "scale_from_size": True}
+        norm = {"is_scale": False, "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375],
+                "float32_arithmetic": True}
+    else:
+        resize = {"target_size": [800, 1333], "keep_ratio": True, "interp": 1}
+        norm = {"is_scale": True, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    sample_ops = [{"Decode": {}}, {"Resize": resize}, {"NormalizeImage": norm}, {"Permute": {}}]
+    cfg = {"architecture": "HybridTaskCascade",
+           "TestReader": {"sample_transforms": sample_ops, "batch_transforms": [{"PadBatch": {"pad_to_stride": 32}}]}}
+    steps = infer_cfg_dict(cfg, ["a"], [1])["Preprocess"]
+    assert ("scale_from_size" in steps[0]) == mmdet and ("float32_arithmetic" in steps[1]) == mmdet
+    path = str(tmp_path / "im.png")
+    cv2.imwrite(path, np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    image, im_shape, scale = deploy_infer.Preprocess(steps)(deploy_infer.decode_image(path))
+    sample = {"im_file": path}
+    for op in build_transforms(sample_ops):
+        sample = op(sample)
+    (sample,) = PadBatch(32)([sample])
+    np.testing.assert_array_equal(image, sample["image"])
+    np.testing.assert_array_equal(im_shape, sample["im_shape"])
+    np.testing.assert_array_equal(scale, sample["scale_factor"])
+    assert image.shape == (3, 800, 1088) and (im_shape[1] == 1067) == mmdet

@@ -1,8 +1,14 @@
-"""ResNet backbone (depths 18-152, variants a-d) with PaddleDetection's parameter names.
+"""ResNet / ResNeXt backbone (depths 18-152, variants a-d) with PaddleDetection's parameter names.
 
 Parameter keys follow the official checkpoints: ``conv1.conv1.conv.weight``, ``res2.res2a.branch2a.norm._mean``,
 ``res4.res4b22.short...`` (depth 101 names res4 blocks ``res4a, res4b1, ..``). Every stage's first block has a
 projection shortcut (even where shapes match), which is what the checkpoints contain.
+
+mmdetection's ResNet/ResNeXt with ``style='pytorch'`` is variant "b" (stride on the 3x3 conv) with the same
+layout (bottleneck width ``floor(planes*base_width/64)*groups``); two options add what its HTC models need:
+``dcn_v1_stages`` (its ``DCN``: deformable 3x3 convs, :class:`~ppdet_htc.modeling.layers.DeformableConvV1`,
+stored as ``branch2b.conv.weight`` + ``branch2b.conv.conv_offset.{weight,bias}``) and ``norm_eval`` (its BN
+training semantics, SEMANTICS_MMDET 3.1 / Quirk M11).
 """
 from typing import List, Optional
 
@@ -13,7 +19,7 @@ from paddle.nn.initializer import KaimingNormal
 from paddle.regularizer import L2Decay
 
 from ...core import register
-from ..layers import add, inference, relu
+from ..layers import DeformableConvV1, add, inference, relu
 from ..shape_spec import ShapeSpec
 
 __all__ = ["ResNet", "ConvNormLayer"]
@@ -22,23 +28,34 @@ BLOCKS_PER_DEPTH = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [
 
 
 class ConvNormLayer(nn.Layer):
-    """Conv (no bias) + BatchNorm (+ ReLU). Frozen BN uses running statistics in train and eval."""
+    """Conv (no bias) + BatchNorm (+ ReLU).
+
+    ``freeze_norm``: BN is a fixed affine transform (running statistics, frozen weight/bias).
+    ``norm_eval`` (with ``freeze_norm=False``): running statistics are used and never updated, in train
+    and eval mode alike, while weight/bias keep training (mmdetection's ``norm_eval=True``); no batch
+    statistics are ever computed, so plain BN serves for ``sync_bn`` too.
+    ``dcn_v1``: the conv is a deformable conv v1 with its own zero-initialised offset conv.
+    """
 
     def __init__(self, ch_in, ch_out, filter_size, stride, groups=1, act=None, norm_type="bn",
-                 norm_decay=0.0, freeze_norm=True, lr=1.0):
+                 norm_decay=0.0, freeze_norm=True, lr=1.0, norm_eval=False, dcn_v1=False):
         super().__init__()
         if norm_type not in ("bn", "sync_bn"):
             raise ValueError("ResNet.norm_type must be 'bn' or 'sync_bn', got {!r}".format(norm_type))
         self.act = act
-        self.conv = nn.Conv2D(
-            ch_in, ch_out, filter_size, stride=stride, padding=(filter_size - 1) // 2, groups=groups,
-            weight_attr=ParamAttr(learning_rate=lr, initializer=KaimingNormal()), bias_attr=False,
-        )
+        weight_attr = ParamAttr(learning_rate=lr, initializer=KaimingNormal())
+        padding = (filter_size - 1) // 2
+        if dcn_v1:
+            self.conv = DeformableConvV1(ch_in, ch_out, filter_size, stride=stride, padding=padding, groups=groups,
+                                         weight_attr=weight_attr, lr=lr)
+        else:
+            self.conv = nn.Conv2D(ch_in, ch_out, filter_size, stride=stride, padding=padding, groups=groups,
+                                  weight_attr=weight_attr, bias_attr=False)
         norm_lr = 0.0 if freeze_norm else lr
         w_attr = ParamAttr(learning_rate=norm_lr, regularizer=L2Decay(norm_decay), trainable=not freeze_norm)
         b_attr = ParamAttr(learning_rate=norm_lr, regularizer=L2Decay(norm_decay), trainable=not freeze_norm)
-        global_stats = True if freeze_norm else None
-        bn_cls = nn.SyncBatchNorm if norm_type == "sync_bn" else nn.BatchNorm2D
+        global_stats = True if (freeze_norm or norm_eval) else None
+        bn_cls = nn.SyncBatchNorm if norm_type == "sync_bn" and not norm_eval else nn.BatchNorm2D
         self.norm = bn_cls(ch_out, weight_attr=w_attr, bias_attr=b_attr, use_global_stats=global_stats)
         if freeze_norm:
             for p in self.norm.parameters():
@@ -61,7 +78,8 @@ def _shortcut(ch_in, ch_out, stride, variant, **norm):
 class BottleNeck(nn.Layer):
     expansion = 4
 
-    def __init__(self, ch_in, ch_out, stride, shortcut, variant="b", groups=1, base_width=64, **norm):
+    def __init__(self, ch_in, ch_out, stride, shortcut, variant="b", groups=1, base_width=64, dcn_v1=False,
+                 **norm):
         super().__init__()
         stride1, stride2 = (stride, 1) if variant == "a" else (1, stride)
         width = int(ch_out * (base_width / 64.0)) * groups
@@ -69,7 +87,7 @@ class BottleNeck(nn.Layer):
         if not shortcut:
             self.short = _shortcut(ch_in, ch_out * self.expansion, stride, variant, **norm)
         self.branch2a = ConvNormLayer(ch_in, width, 1, stride1, act="relu", **norm)
-        self.branch2b = ConvNormLayer(width, width, 3, stride2, groups=groups, act="relu", **norm)
+        self.branch2b = ConvNormLayer(width, width, 3, stride2, groups=groups, act="relu", dcn_v1=dcn_v1, **norm)
         self.branch2c = ConvNormLayer(width, ch_out * self.expansion, 1, 1, **norm)
 
     def forward(self, x):
@@ -82,10 +100,13 @@ class BottleNeck(nn.Layer):
 class BasicBlock(nn.Layer):
     expansion = 1
 
-    def __init__(self, ch_in, ch_out, stride, shortcut, variant="b", groups=1, base_width=64, **norm):
+    def __init__(self, ch_in, ch_out, stride, shortcut, variant="b", groups=1, base_width=64, dcn_v1=False,
+                 **norm):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("ResNet depth 18/34 supports only groups=1 and base_width=64")
+        if dcn_v1:
+            raise ValueError("ResNet.dcn_v1_stages needs depth >= 50 (bottleneck blocks), as in mmdetection")
         self.shortcut = shortcut
         if not shortcut:
             self.short = _shortcut(ch_in, ch_out, stride, variant, **norm)
@@ -112,8 +133,16 @@ class ResNet(nn.Layer):
 
     ``freeze_at=k`` stops gradients of the stem and stages res2..res(2+k) (``-1``: train all);
     ``freeze_norm`` turns BatchNorm into a fixed affine transform (running statistics).
-    ``ch_out_list`` (an extension of PaddleDetection's options) narrows the stages, e.g. for a
-    small demo network; the default ``[64, 128, 256, 512]`` is the standard ResNet.
+    ``groups``/``base_width``: ResNeXt (e.g. 32/4 or 64/4 for X-101 32x4d / 64x4d).
+    Extensions of PaddleDetection's options:
+    ``ch_out_list`` narrows the stages, e.g. for a small demo network (default ``[64, 128, 256, 512]``).
+    ``dcn_v1_stages`` (stage indices like ``dcn_v2_stages``, 0 = res2; ``[1, 2, 3]`` = mmdetection's
+    "dconv_c3-c5"): every block of those stages gets a deformable v1 3x3 conv (its own offset conv,
+    zero-initialised, one deformable group), including the stride-2 first blocks.
+    ``norm_eval`` (requires ``freeze_norm: false``): mmdetection's BN training semantics (Quirk M11):
+    every BN uses and keeps its running statistics, while the BN weight/bias of the stages not frozen
+    by ``freeze_at`` train. mmdetection's ``frozen_stages=1, norm_eval=True`` is
+    ``freeze_norm: false, freeze_at: 0, norm_eval: true``.
     """
 
     __shared__ = ["norm_type"]
@@ -136,6 +165,8 @@ class ResNet(nn.Layer):
         std_senet: bool = False,
         freeze_stem_only: bool = False,
         ch_out_list: Optional[List[int]] = None,
+        dcn_v1_stages: List[int] = (-1,),
+        norm_eval: bool = False,
     ):
         super().__init__()
         if depth not in BLOCKS_PER_DEPTH:
@@ -145,7 +176,15 @@ class ResNet(nn.Layer):
         if not 1 <= num_stages <= 4:
             raise ValueError("ResNet.num_stages must be in 1..4, got {}".format(num_stages))
         if list(dcn_v2_stages) not in ([-1], []):
-            raise ValueError("ResNet.dcn_v2_stages: deformable convolutions are not supported (use [-1])")
+            raise ValueError("ResNet.dcn_v2_stages {}: modulated deformable convolution (DCNv2) is not supported, "
+                             "use [-1] (mmdetection's DCN is v1: ResNet.dcn_v1_stages)".format(list(dcn_v2_stages)))
+        dcn_v1_stages = [] if list(dcn_v1_stages) in ([-1], []) else list(dcn_v1_stages)
+        if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_stages for i in dcn_v1_stages):
+            raise ValueError("ResNet.dcn_v1_stages {} must list stage indices 0..{} (0 = res2) or be [-1]".format(
+                dcn_v1_stages, num_stages - 1))
+        if norm_eval and freeze_norm:
+            raise ValueError("ResNet.norm_eval: true needs freeze_norm: false (freeze_norm already fixes the "
+                             "statistics and also freezes the BN weights)")
         if std_senet:
             raise ValueError("ResNet.std_senet is not supported")
         return_idx = [int(i) for i in return_idx]
@@ -161,7 +200,8 @@ class ResNet(nn.Layer):
         self.return_idx = return_idx
         self.num_stages = num_stages
         self.freeze_at = freeze_at
-        norm = dict(norm_type=norm_type, norm_decay=norm_decay, freeze_norm=freeze_norm)
+        self.dcn_v1_stages = dcn_v1_stages
+        norm = dict(norm_type=norm_type, norm_decay=norm_decay, freeze_norm=freeze_norm, norm_eval=norm_eval)
 
         if variant in ("c", "d"):
             stem = [(3, ch_in // 2, 3, 2, "conv1_1"), (ch_in // 2, ch_in // 2, 3, 1, "conv1_2"),
@@ -185,7 +225,7 @@ class ResNet(nn.Layer):
                 stage.add_sublayer(
                     _block_name(stage_num, counts[i], j),
                     block(c_in, ch_out_list[i], stride=2 if (j == 0 and i != 0) else 1, shortcut=(j != 0),
-                          variant=variant, groups=groups, base_width=base_width,
+                          variant=variant, groups=groups, base_width=base_width, dcn_v1=i in dcn_v1_stages,
                           lr=float(lr_mult_list[i]), **norm),
                 )
                 c_in = ch_out_list[i] * block.expansion
