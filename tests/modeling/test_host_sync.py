@@ -19,7 +19,12 @@ from tests.engine.test_train import make_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "tests", "fixtures", "htc_tiny.yml")
+MMDET = os.path.join(REPO, "tests", "fixtures", "mmdet_golden_visible.yml")
 SEMANTIC = ["HybridTaskCascade.fused_semantic_head=FusedSemanticHead", "FusedSemanticHead.semantic_num_class=6"]
+# The mmdetection convention on the tiny model's sizes (other proposal generator, level mapping, coders, NMS).
+MMDET_TINY = ["ResNet.ch_in=16", "ResNet.ch_out_list=[16,16,32,32]", "FPN.out_channel=16",
+              "HybridTaskCascadeTwoFCHead.out_channel=32", "HybridTaskMaskFeat.out_channel=16",
+              "HybridTaskMaskFeat.num_convs=2", "num_classes=5"]
 
 
 def test_guard_catches_every_kind_of_host_read():
@@ -39,15 +44,22 @@ def shapes_root(tmp_path_factory):
     return str(root)
 
 
-def _training_batch(root, tmp_path, semantic):
+def _training_batch(root, tmp_path, semantic, convention="paddle"):
     cfg = make_cfg(root, tmp_path, semantic=semantic)
+    if convention == "mmdet":
+        from ppdet_htc.core import merge_config
+        from tests.engine.test_train import train_overrides
+
+        cfg = load_config(MMDET, MMDET_TINY)
+        merge_config(cfg, train_overrides(root))
+        merge_config(cfg, {"save_dir": str(tmp_path)})
     reader = build_reader(cfg, "train", worker_num=0)
     return cfg, next(iter(reader))
 
 
-@pytest.mark.parametrize("semantic", [False, True])
-def test_training_step_has_no_host_sync(shapes_root, tmp_path, semantic):
-    cfg, batch = _training_batch(shapes_root, tmp_path, semantic)
+@pytest.mark.parametrize("convention,semantic", [("paddle", False), ("paddle", True), ("mmdet", False)])
+def test_training_step_has_no_host_sync(shapes_root, tmp_path, convention, semantic):
+    cfg, batch = _training_batch(shapes_root, tmp_path, semantic, convention)
     paddle.seed(0)
     model = build_model(cfg)
     model.train()
@@ -58,10 +70,13 @@ def test_training_step_has_no_host_sync(shapes_root, tmp_path, semantic):
     assert any(p.grad is not None for p in model.parameters() if not p.stop_gradient)
 
 
-@pytest.mark.parametrize("semantic", [False, True])
-def test_inference_has_no_host_sync(semantic):
+@pytest.mark.parametrize("convention,semantic", [("paddle", False), ("paddle", True), ("mmdet", False)])
+def test_inference_has_no_host_sync(convention, semantic):
     paddle.seed(0)
-    model = build_model(load_config(TINY, SEMANTIC if semantic else None))
+    if convention == "mmdet":
+        model = build_model(load_config(MMDET, MMDET_TINY))
+    else:
+        model = build_model(load_config(TINY, SEMANTIC if semantic else None))
     model.eval()
     rng = np.random.default_rng(0)
     inputs = {"image": paddle.to_tensor(rng.normal(size=(2, 3, 128, 192)).astype("float32")),
