@@ -13,6 +13,7 @@ import typing
 
 import yaml
 
+from ..errors import ConfigError
 from . import registry
 from .registry import closest, constructor_params, lookup
 
@@ -33,10 +34,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 inspect_empty = inspect.Parameter.empty
-
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the file, the key and the fix."""
 
 
 class AttrDict(dict):

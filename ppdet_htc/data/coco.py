@@ -16,6 +16,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..core import serializable
+from ..errors import AnnotationError, ConfigError
 from ..core.registry import closest
 
 __all__ = ["COCODataSet", "AnnotationError", "VALID_DATA_FIELDS", "resolve_path"]
@@ -26,10 +27,6 @@ VALID_DATA_FIELDS = ("image", "gt_bbox", "gt_class", "gt_poly", "is_crowd", "sem
 _GT_FIELDS = ("gt_bbox", "gt_class", "gt_poly", "is_crowd")
 _SEMANTIC_SOURCES = ("stuffthingmaps", "instances")
 _BBOX_EPS = 1e-5
-
-
-class AnnotationError(ValueError):
-    """The annotation file is malformed; the message names the file and the offending entry."""
 
 
 def resolve_path(root, path):
@@ -84,19 +81,19 @@ class COCODataSet(object):
         for field in self.data_fields:
             if field not in VALID_DATA_FIELDS:
                 hint = closest(str(field), VALID_DATA_FIELDS)
-                raise ValueError(
+                raise ConfigError(
                     "COCODataSet.data_fields: unknown field {!r}{}; valid fields: {}".format(
                         field, "; did you mean {}?".format(" / ".join(repr(h) for h in hint)) if hint else "",
                         ", ".join(VALID_DATA_FIELDS)))
         if int(repeat) < 1:
-            raise ValueError("COCODataSet.repeat must be >= 1, got {!r}".format(repeat))
+            raise ConfigError("COCODataSet.repeat must be >= 1, got {!r}".format(repeat))
         if semantic_source not in _SEMANTIC_SOURCES:
-            raise ValueError("COCODataSet.semantic_source must be one of {}, got {!r}".format(
+            raise ConfigError("COCODataSet.semantic_source must be one of {}, got {!r}".format(
                 " / ".join(repr(s) for s in _SEMANTIC_SOURCES), semantic_source))
         if load_semantic and semantic_source == "instances":
             missing = [f for f in ("gt_class", "gt_poly") if f not in self.data_fields]
             if missing:
-                raise ValueError(
+                raise ConfigError(
                     "COCODataSet: semantic_source 'instances' derives the label map from the instance masks, "
                     "so data_fields must contain {} (got {})".format(missing, self.data_fields))
         if "semantic" in self.data_fields and not load_semantic:
@@ -133,7 +130,7 @@ class COCODataSet(object):
         """Read the annotation file and build the records (called on first use)."""
         anno = self.get_anno()
         if anno is None:
-            raise ValueError("COCODataSet.anno_path is not set (dataset_dir={!r}, image_dir={!r})".format(
+            raise ConfigError("COCODataSet.anno_path is not set (dataset_dir={!r}, image_dir={!r})".format(
                 self.dataset_dir, self.image_dir))
         data = _load_json(anno, self)
         image_root = self.get_image_root()

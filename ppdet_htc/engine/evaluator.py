@@ -7,6 +7,7 @@ from tqdm import tqdm
 
 from ..core import create
 from ..data.loader import build_reader
+from ..errors import ConfigError
 from ..metrics.coco_eval import COCOMetric
 from .model_builder import build_model, load_model_weights, select_device
 from .outputs import split_outputs
@@ -20,7 +21,7 @@ MODEL_INPUTS = ("image", "im_shape", "scale_factor")
 
 def build_eval_dataset(cfg):
     if "EvalDataset" not in cfg:
-        raise KeyError("{}: the config has no EvalDataset".format(cfg.source_of("EvalDataset")))
+        raise ConfigError("{}: the config has no EvalDataset".format(cfg.source_of("EvalDataset")))
     dataset = create(cfg["EvalDataset"], cfg, where="EvalDataset in {}".format(cfg.source_of("EvalDataset")))
     dataset.check_files() if hasattr(dataset, "check_files") else None
     return dataset
@@ -43,7 +44,7 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
         model = build_model(cfg)
         weights = weights or cfg.get("weights")
         if not weights:
-            raise ValueError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
+            raise ConfigError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
         load_model_weights(model, weights)
     dataset = build_eval_dataset(cfg)
     reader = build_reader(cfg, "eval", dataset=dataset, rank=rank, world_size=world_size)

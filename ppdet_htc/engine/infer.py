@@ -5,6 +5,7 @@ import os
 from tqdm import tqdm
 
 from ..metrics.coco_eval import detections_to_coco
+from ..errors import UsageError
 from ..utils.io import write_json_atomic
 from ..utils.visualize import save_visualization
 
@@ -85,5 +86,5 @@ def list_image_files(infer_img=None, infer_dir=None):
             raise FileNotFoundError("--infer_dir: folder not found: {}".format(infer_dir))
         paths.extend(list_images([infer_dir]))
     if not paths:
-        raise ValueError("give --infer_img FILE or --infer_dir DIR")
+        raise UsageError("give --infer_img FILE or --infer_dir DIR")
     return list(dict.fromkeys(paths))

@@ -4,6 +4,7 @@ import logging
 import paddle
 
 from ..core import create
+from ..errors import ConfigError
 from . import checkpoint
 
 __all__ = ["build_model", "select_device", "set_cpu_threads", "load_model_weights", "class_names_for"]
@@ -48,7 +49,7 @@ def set_cpu_threads(n=None):
 def build_model(cfg):
     """``create(cfg.architecture)`` with a clear error when the key is missing."""
     if "architecture" not in cfg:
-        raise KeyError("{}: the config has no 'architecture' key (e.g. architecture: HybridTaskCascade)".format(
+        raise ConfigError("{}: the config has no 'architecture' key (e.g. architecture: HybridTaskCascade)".format(
             cfg.source_of("architecture") if hasattr(cfg, "source_of") else "config"))
     return create(cfg["architecture"], cfg=cfg, where="architecture in {}".format(
         cfg.source_of("architecture") if hasattr(cfg, "source_of") else "config"))

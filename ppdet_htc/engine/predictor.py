@@ -7,6 +7,7 @@ import paddle
 from ..core import create, load_config
 from ..data.loader import collate
 from ..data.transforms import build_transforms
+from ..errors import ConfigError
 from .model_builder import build_model, class_names_for, load_model_weights, select_device
 from .outputs import split_outputs
 
@@ -29,7 +30,7 @@ class Detector(object):
         self.model.eval()
         weights = weights if weights is not None else cfg.get("weights")
         if not weights:
-            raise ValueError("no weights given: pass weights=... or set 'weights' in the config")
+            raise ConfigError("no weights given: pass weights=... or set 'weights' in the config")
         load_model_weights(self.model, weights)
         reader = cfg.get("TestReader") or {}
         self.sample_transforms = build_transforms(reader.get("sample_transforms"), "TestReader.sample_transforms")

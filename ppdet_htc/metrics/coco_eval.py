@@ -22,6 +22,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..errors import AnnotationError, ConfigError, ResultsFileError
 from ..utils.io import write_json_atomic
 
 __all__ = [
@@ -118,7 +119,10 @@ def _category_ids(labels, mapping, im_id):
     unknown = sorted(set(np.unique(labels).tolist()) - set(mapping))
     if unknown:
         known = f"{min(mapping)}..{max(mapping)}" if mapping else "none"
-        raise ValueError(f"image {im_id}: label(s) {unknown} not in clsid2catid (known labels: {known})")
+        raise ConfigError(
+            f"image {im_id}: the model predicts label(s) {unknown}, but the dataset's categories only give labels "
+            f"{known}; set num_classes to the number of categories of the annotation file"
+        )
     return [mapping[label] for label in labels.tolist()]
 
 
@@ -233,7 +237,7 @@ def evaluate_results(coco_gt, results, iou_type, classwise=False):
         return _zero_stats(), (_empty_classwise(coco_gt) if classwise else None)
     unknown_images = sorted({r["image_id"] for r in results} - set(coco_gt.getImgIds()))
     if unknown_images:
-        raise ValueError(
+        raise ResultsFileError(
             f"{iou_type} results reference image id(s) {unknown_images[:10]} that are not in the annotation file"
         )
     # pycocotools prints progress and its own summary; we print one table of our own instead.
@@ -336,8 +340,8 @@ class COCOMetric:
         if "segm" in self.iou_types and masks is not None and "height" in img and "width" in img:
             size = tuple(np.shape(masks)[1:])
             if len(size) == 2 and size != (img["height"], img["width"]):
-                raise ValueError(
-                    f"image {im_id}: masks are {size[0]}x{size[1]} but the image is "
+                raise AnnotationError(
+                    f"{self.anno_path}: image {im_id}: masks are {size[0]}x{size[1]} but the image is "
                     f"{img['height']}x{img['width']} (masks must be at the original image size)"
                 )
 
@@ -385,9 +389,9 @@ def _read_results(path, kind):
         try:
             results = json.load(f)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{kind} result file {path} is not valid JSON: {err}") from None
+            raise ResultsFileError(f"{kind} result file {path} is not valid JSON: {err}") from None
     if not isinstance(results, list):
-        raise ValueError(f"{kind} result file {path} must hold a JSON list, got {type(results).__name__}")
+        raise ResultsFileError(f"{kind} result file {path} must hold a JSON list, got {type(results).__name__}")
     return results
 
 
