@@ -9,6 +9,7 @@ import copy
 import inspect
 import logging
 import os
+import re
 import typing
 
 import yaml
@@ -127,8 +128,24 @@ def set_global_config(cfg):
 # --------------------------------------------------------------------------------------------
 
 
+class _NumberLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4``, ``1e6``, ``-1e-5``, ``1.5e3`` as floats.
+
+    PyYAML implements YAML 1.1, whose float pattern needs a dot and a signed exponent, so it returns such
+    values as *strings*; YAML 1.2 (and every user) reads them as numbers. Ints, YAML 1.1 floats, dates and
+    strings resolve as before: this resolver is consulted only after the built-in ones.
+    """
+
+
+_NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _make_loader(filename):
-    class _Loader(yaml.SafeLoader):
+    class _Loader(_NumberLoader):
         pass
 
     def construct_tagged(loader, suffix, node):
@@ -254,8 +271,8 @@ def parse_overrides(opts):
         key = key.strip()
         if not key:
             raise ConfigError("-o option {!r} has an empty key".format(opt))
-        try:
-            parsed = yaml.safe_load(value) if value.strip() != "" else None
+        try:  # the config files' loader: same numbers, same !Tags
+            parsed = yaml.load(value, Loader=_make_loader("-o " + key)) if value.strip() != "" else None
         except yaml.YAMLError:
             parsed = value
         node = result
