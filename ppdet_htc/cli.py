@@ -1,11 +1,18 @@
 """Command-line entry points (``scripts/*.py`` and the ``ppdet-htc-*`` console scripts call these).
 
 Flags follow PaddleDetection's ``tools/*.py``: ``-c CONFIG``, ``-o key=value ...`` on every command.
+
+Errors: a user error (``ppdet_htc.errors.UserError`` and the checkpoint/download errors listed in
+``_user_error_types``, plus ``OSError``: missing files, permissions, network) and Ctrl-C end the command
+with one line ``error: ...`` on stderr (also appended to the training log) and exit code 2. ``--debug``
+or ``PPDET_HTC_DEBUG=1`` prints the traceback as well. Any other exception is a bug and keeps its
+traceback.
 """
 import argparse
 import logging
 import os
 import sys
+import traceback
 
 from .utils.logger import setup_logger
 
@@ -20,6 +27,8 @@ def base_parser(description):
     p.add_argument("-c", "--config", required=True, help="YAML config file")
     p.add_argument("-o", "--opt", nargs="*", default=[], action="extend",
                    help="override config keys, e.g. -o weights=w.pdparams EvalReader.batch_size=2")
+    p.add_argument("--debug", action="store_true",
+                   help="on an error, print the full traceback too (same as PPDET_HTC_DEBUG=1)")
     return p
 
 
@@ -29,20 +38,66 @@ def load_cli_config(args):
     return load_config(args.config, args.opt)
 
 
-def _run(main, argv):
-    """Run a CLI body; turn expected user errors into one clear line and exit code 2."""
-    from .core import ConfigError
-    from .data.transforms import ImageDecodeError
+def _user_error_types():
+    """Exception classes that mean bad input or environment (never broad ``ValueError``/``KeyError``)."""
     from .engine.checkpoint import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
+    from .errors import UserError
+    from .utils.download import DownloadError
+    from .utils.model_zoo import UnknownModelError
 
+    # OSError: missing files, permissions, full disks, network failures (DownloadError is one).
+    return (UserError, CheckpointError, CheckpointMismatchError, UnsafeCheckpointError, DownloadError,
+            UnknownModelError, OSError)
+
+
+def debug_enabled(argv=None):
+    """``--debug`` on the command line or ``PPDET_HTC_DEBUG`` set to anything but ''/0/false/no."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ.get("PPDET_HTC_DEBUG", "").strip().lower()
+    return "--debug" in argv or env not in ("", "0", "false", "no", "off")
+
+
+def one_line(exc):
+    """The message of ``exc`` on one line (multi-line reports are joined)."""
+    if isinstance(exc, KeyError) and exc.args and type(exc).__str__ is KeyError.__str__:
+        text = str(exc.args[0])  # plain KeyError would quote its message
+    else:
+        text = str(exc)
+    if isinstance(exc, OSError) and exc.errno is not None and type(exc).__str__ is OSError.__str__:
+        text = "{}: {}".format(type(exc).__name__, text)  # "[Errno 13] Permission denied: 'x'" needs its kind
+    parts = [p.strip() for p in text.splitlines() if p.strip()]
+    out = ""
+    for p in parts:
+        out += p if not out else (" " if out.endswith(":") else "; ") + p
+    return out or type(exc).__name__
+
+
+def report_error(message):
+    """``error: message`` on stderr, and in the log files of the ``ppdet_htc`` logger (e.g. train.log)."""
+    line = "error: " + message
+    print(line, file=sys.stderr, flush=True)
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    for h in logger.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+    return line
+
+
+def _run(main, argv):
+    """Run a CLI body; user errors and Ctrl-C become one line on stderr and exit code 2 (see module doc)."""
     setup_logger()
-    user_errors = (ConfigError, FileNotFoundError, ImageDecodeError, CheckpointError, CheckpointMismatchError,
-                   UnsafeCheckpointError, KeyError, ValueError)
+    debug = debug_enabled(argv)
     try:
         return main(argv)
-    except user_errors as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        logger.error("%s: %s", type(e).__name__, msg)
+    except KeyboardInterrupt as e:
+        if debug:
+            traceback.print_exc()
+        report_error(one_line(e) if str(e) else "interrupted (Ctrl-C)")
+        sys.exit(2)
+    except _user_error_types() as e:
+        if debug:
+            traceback.print_exc()
+        report_error(one_line(e))
         sys.exit(2)
 
 
@@ -56,6 +111,8 @@ def infer_main(argv=None):
         p.add_argument("--draw_threshold", type=float, default=0.5, help="score threshold for drawing")
         p.add_argument("--batch_size", type=int, default=None, help="images per forward (default: TestReader)")
         p.add_argument("--no_images", action="store_true", help="only write results.json")
+        p.add_argument("--strict", action="store_true",
+                       help="stop at the first unreadable image (default: skip it, report it at the end, exit 2)")
         args = p.parse_args(argv)
         from .engine.infer import list_image_files, run_inference
         from .engine.predictor import Detector
@@ -64,7 +121,8 @@ def infer_main(argv=None):
         cfg = load_cli_config(args)
         det = Detector(cfg)
         bs = args.batch_size or int((cfg.get("TestReader") or {}).get("batch_size", 1))
-        path, _ = run_inference(det, images, args.output_dir, args.draw_threshold, bs, save_images=not args.no_images)
+        path, _ = run_inference(det, images, args.output_dir, args.draw_threshold, bs, save_images=not args.no_images,
+                                strict=args.strict)
         print("results: {}".format(path))
         return path
 

@@ -19,6 +19,7 @@ __all__ = [
     "ResultsFileError",
     "NonFiniteLossError",
     "ImagesFailedError",
+    "TrainingInterrupted",
 ]
 
 
@@ -70,3 +71,14 @@ class ImagesFailedError(UserError):
 
     def __reduce__(self):
         return (type(self), (self.args[0], self.failures, self.results_path))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; ``snapshot`` is the resumable snapshot directory (or None)."""
+
+    def __init__(self, message="training interrupted", snapshot=None):
+        super().__init__(message)
+        self.snapshot = snapshot
+
+    def __reduce__(self):
+        return (type(self), (self.args[0] if self.args else "", self.snapshot))

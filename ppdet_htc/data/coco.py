@@ -217,6 +217,9 @@ class COCODataSet(object):
                 stats["annotation: missing or all-zero bbox"] += 1
                 continue
             area = ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))
+            if not isinstance(area, (int, float)) or isinstance(area, bool):
+                raise AnnotationError("{}: annotation id {} (image_id {}): 'area' must be a number, got {!r}".format(
+                    anno, ann.get("id"), img["id"], area))
             if not (area > 0 and box[2] - box[0] > _BBOX_EPS and box[3] - box[1] > _BBOX_EPS):
                 stats["annotation: area <= 0 or width/height <= 1e-5"] += 1
                 continue
@@ -319,8 +322,11 @@ class COCODataSet(object):
                 if key in r and not os.path.isfile(r[key]):
                     missing.append(r[key])
         if missing:
-            raise FileNotFoundError("{} of the files listed by {} are missing, e.g.:\n  {}".format(
-                len(missing), self.get_anno(), "\n  ".join(missing[:max_report])))
+            raise FileNotFoundError("{} of the files listed by {} are missing: {}{} (check dataset_dir={!r} and "
+                                    "image_dir={!r})".format(
+                                        len(missing), self.get_anno(), ", ".join(missing[:max_report]),
+                                        " and {} more".format(len(missing) - max_report)
+                                        if len(missing) > max_report else "", self.dataset_dir, self.image_dir))
 
     def __repr__(self):
         return "COCODataSet(anno_path={!r}, image_dir={!r}, dataset_dir={!r}, data_fields={})".format(
@@ -371,6 +377,8 @@ def _parse_images(data, anno):
     for i, img in enumerate(_require_list(data, "images", anno)):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise AnnotationError("{}: images[{}] must have 'id' and 'file_name', got {!r}".format(anno, i, img))
+        if not isinstance(img["id"], int) or isinstance(img["id"], bool):
+            raise AnnotationError("{}: images[{}]: 'id' must be an integer, got {!r}".format(anno, i, img["id"]))
         if img["id"] in images:
             raise AnnotationError("{}: image id {} appears twice in 'images'".format(anno, img["id"]))
         images[img["id"]] = img
@@ -438,6 +446,9 @@ def _parse_segmentation(ann, img, anno):
             if not isinstance(poly, (list, tuple)):
                 raise AnnotationError("{}: polygon segmentation must be a list of [x0, y0, x1, y1, ...] lists, "
                                       "got an element {!r}".format(where, poly))
+            bad = [v for v in poly if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v)]
+            if bad:
+                raise AnnotationError("{}: polygon coordinates must be finite numbers, got {!r}".format(where, bad[0]))
             if len(poly) >= 6 and len(poly) % 2 == 0:
                 polys.append(poly)
         return polys or None

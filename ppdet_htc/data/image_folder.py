@@ -111,8 +111,9 @@ class ImageFolder(object):
         self._ensure_parsed()
         missing = [r["im_file"] for r in self._records if not os.path.isfile(r["im_file"])]
         if missing:
-            raise FileNotFoundError("{} images are missing, e.g.:\n  {}".format(
-                len(missing), "\n  ".join(missing[:max_report])))
+            raise FileNotFoundError("{} images are missing: {}{}".format(
+                len(missing), ", ".join(missing[:max_report]),
+                " and {} more".format(len(missing) - max_report) if len(missing) > max_report else ""))
 
     # ------------------------------------------------------------------ labels
 

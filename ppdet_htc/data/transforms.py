@@ -95,7 +95,10 @@ class Decode(object):
                 im = f.read()
         if isinstance(im, (bytes, bytearray)):
             data = np.frombuffer(im, dtype=np.uint8)
-            im = cv2.imdecode(data, 1) if data.size else None
+            try:
+                im = cv2.imdecode(data, 1) if data.size else None
+            except cv2.error:  # some malformed headers make OpenCV raise instead of returning None
+                im = None
             if im is None:
                 raise ImageDecodeError("cannot decode image (corrupt or not an image): {}".format(path))
             if self.to_rgb:

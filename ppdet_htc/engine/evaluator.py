@@ -39,17 +39,20 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     With ``world_size > 1`` (during distributed training) every process runs its share of the images at
     the same time and rank 0 gathers the results and scores them; other ranks return None.
     """
+    # Everything about the data is checked before the model runs: the annotations (as the loader and as
+    # COCOeval will read them), the image files, the reader config. A bad file stops here, in seconds.
+    dataset = build_eval_dataset(cfg)
+    reader = build_reader(cfg, "eval", dataset=dataset, rank=rank, world_size=world_size)
+    image_root = dataset.get_image_root() if hasattr(dataset, "get_image_root") else None
+    metric = COCOMetric(dataset.get_anno(), clsid2catid=dataset.clsid2catid, output_eval=output_eval,
+                        classwise=classwise, image_root=image_root)
     if model is None:
-        select_device(cfg, device)
-        model = build_model(cfg)
         weights = weights or cfg.get("weights")
         if not weights:
             raise ConfigError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
+        select_device(cfg, device)
+        model = build_model(cfg)
         load_model_weights(model, weights)
-    dataset = build_eval_dataset(cfg)
-    reader = build_reader(cfg, "eval", dataset=dataset, rank=rank, world_size=world_size)
-    metric = COCOMetric(dataset.get_anno(), clsid2catid=dataset.clsid2catid, output_eval=output_eval,
-                        classwise=classwise)
     was_training = model.training
     model.eval()
     n_images = 0

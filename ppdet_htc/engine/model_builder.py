@@ -56,10 +56,15 @@ def build_model(cfg):
 
 
 def load_model_weights(model, spec, pretrain=False, progress=True):
-    """Resolve ``spec`` (path, URL or model-zoo name) and load it strictly, or leniently if ``pretrain``."""
+    """Resolve ``spec`` (path, URL, model-zoo name or training snapshot) and load it strictly, or leniently if
+    ``pretrain``. A snapshot directory (``output/x/model_final``, also spelt ``output/x/model_final.pdparams``)
+    gives its verified model part."""
     from ..utils.model_zoo import resolve_weights
+    from .train_state import snapshot_model_file
 
-    path = resolve_weights(spec, progress=progress)
+    path = snapshot_model_file(spec)
+    if path is None:
+        path = resolve_weights(spec, progress=progress)
     if pretrain:
         return checkpoint.load_pretrained(model, path)
     report = checkpoint.load_weights(model, path)

@@ -70,7 +70,7 @@ def test_resume_continues_with_identical_losses(shapes_root, tmp_path):
     first = Trainer(make_cfg(shapes_root, tmp_path / "b"), max_iters=5, seed=3, progress=False)
     part1 = first.train()
     last = os.path.join(first.output_dir, "last")
-    assert os.path.isfile(last + ".pdparams") and os.path.isfile(last + ".pdopt")
+    assert os.path.isfile(os.path.join(last, "snapshot.json"))
     resumed = Trainer(make_cfg(shapes_root, tmp_path / "b"), resume=last, max_iters=8, seed=3, progress=False)
     assert (resumed.start_epoch, resumed.start_iter, resumed.global_iter) == (0, 5, 5)
     part2 = resumed.train()
@@ -87,19 +87,25 @@ def test_epoch_snapshots_and_final_model(shapes_root, tmp_path):
     hist = tr.train()
     assert len(hist) == 2 * tr.steps_per_epoch
     names = sorted(os.listdir(tr.output_dir))
-    for f in ("0.pdparams", "0.pdopt", "model_final.pdparams", "model_final.pdopt", "last.pdparams"):
-        assert f in names
-    assert not [n for n in names if ".tmp" in n]  # atomic writes leave no temp files
-    model = build_model(cfg)
-    from ppdet_htc.engine.checkpoint import load_weights
+    for name in ("0", "model_final", "last"):
+        assert name in names
+        files = sorted(os.listdir(os.path.join(tr.output_dir, name)))
+        assert len(files) == 3 and "snapshot.json" in files, files  # model, optimizer, manifest; no temp files
+    assert not [n for n in names if ".tmp" in n]
+    from ppdet_htc.engine.model_builder import load_model_weights
 
-    load_weights(model, os.path.join(tr.output_dir, "model_final.pdparams"))  # strict load works
+    final = os.path.join(tr.output_dir, "model_final")
+    for spec in (final, final + ".pdparams", final + "/"):  # weights=output/x/model_final works as before
+        model = build_model(cfg)
+        load_model_weights(model, spec)  # strict load of the snapshot's model part
+        for k, v in tr.model.state_dict().items():
+            np.testing.assert_array_equal(model.state_dict()[k].numpy(), v.numpy(), err_msg=k)
 
 
 def test_non_finite_loss_stops_with_a_clear_message(shapes_root, tmp_path):
     tr = Trainer(make_cfg(shapes_root, tmp_path, {"epoch": 2, "snapshot_epoch": 1}), seed=1, progress=False)
     calls = {"n": 0}
-    original = tr._step
+    original = tr.train_model.forward
 
     def poisoned(batch):
         losses = original(batch)
@@ -108,12 +114,22 @@ def test_non_finite_loss_stops_with_a_clear_message(shapes_root, tmp_path):
             losses["loss_rpn_cls"] = paddle.to_tensor(float("nan"))
         return losses
 
-    tr._step = poisoned
+    tr.train_model.forward = poisoned
+    before = {k: v.numpy().copy() for k, v in tr.model.state_dict().items()}
     with pytest.raises(NonFiniteLossError) as e:
         tr.train()
     msg = str(e.value)
     assert "loss_rpn_cls=nan" in msg and "epoch 1 iteration 0" in msg
-    assert "0.pdparams" in msg  # names the last good snapshot
+    assert os.path.join(tr.output_dir, "0") in msg  # names the last good snapshot
+    assert "clip_grad_by_norm" in msg  # clipping is off: suggest it
+    # The check runs before backward: the weights in memory are those of the last good step (= snapshot 0).
+    from ppdet_htc.engine.checkpoint import load_state_file
+    import glob
+
+    saved = load_state_file(glob.glob(os.path.join(tr.output_dir, "0", "model-*.pdparams"))[0])
+    for k, v in tr.model.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), saved[k], err_msg=k)
+    assert any(not np.array_equal(before[k], saved[k]) for k in saved)
 
 
 def _three_class_annotations(root, out_path):
@@ -193,7 +209,7 @@ def test_two_process_training_keeps_ranks_identical(shapes_root, tmp_path):
         np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
     moved = [k for k in w0 if not np.array_equal(w0[k], init[k])]
     assert len(moved) > 0.5 * len(w0)  # the ranks trained, and stayed identical
-    assert os.path.isfile(out / "last.pdparams")  # rank 0 wrote the snapshot
+    assert os.path.isfile(out / "last" / "snapshot.json")  # rank 0 wrote the snapshot
 
 
 def test_ctrl_c_saves_a_resumable_snapshot(shapes_root, tmp_path):
@@ -217,8 +233,9 @@ def test_ctrl_c_saves_a_resumable_snapshot(shapes_root, tmp_path):
             break
     rest, _ = proc.communicate(timeout=300)
     text = "".join(lines) + rest
-    assert proc.returncode != 0, text
-    assert "interrupted" in text and os.path.isfile(out / "last.pdparams") and os.path.isfile(out / "last.pdopt"), text
+    assert proc.returncode == 2, text
+    assert "interrupted" in text and os.path.isfile(out / "last" / "snapshot.json"), text
+    assert "-r {}".format(out / "last") in text  # says where the resumable snapshot is
     cfg = load_config(str(cfg_path))
     tr = Trainer(cfg, resume=str(out / "last"), max_iters=None, output_dir=str(out), progress=False)
     assert tr.global_iter >= 3
