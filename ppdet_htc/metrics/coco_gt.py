@@ -82,7 +82,7 @@ def _number(value, where, what):
     return value
 
 
-def _image_size(img, image_root, anno):
+def _image_size(img, image_root, anno, stats):
     """``(h, w)`` of an image entry; read from the image file when the entry lacks it."""
     try:
         h, w = int(img.get("height") or 0), int(img.get("width") or 0)
@@ -97,6 +97,7 @@ def _image_size(img, image_root, anno):
 
         im = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if im is not None:
+            stats["image: missing height/width read from the image file"] += 1
             return int(im.shape[0]), int(im.shape[1])
     raise AnnotationError("{}: image id {} ({}) has no valid height/width, needed to evaluate its polygon masks, and "
                           "its image file cannot be read to get them; add them to the annotation file".format(
@@ -157,7 +158,7 @@ def load_ground_truth(anno_path, image_root=None, iou_types=("bbox", "segm")):
 
     def size_of(img):
         if img["id"] not in sizes:
-            sizes[img["id"]] = _image_size(img, image_root, anno_path)
+            sizes[img["id"]] = _image_size(img, image_root, anno_path, stats)
         return sizes[img["id"]]
 
     used_ids = set()

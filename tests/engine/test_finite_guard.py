@@ -9,11 +9,11 @@ import pytest
 from ppdet_htc.data.loader import build_reader
 from ppdet_htc.engine.finite_guard import FiniteGuard, NonFiniteValues
 from ppdet_htc.engine.model_builder import build_model
-from tests.engine.test_train import REPO, TINY, make_cfg, shapes_root, train_overrides  # noqa: F401 (fixture)
+from tests.engine.test_train import REPO, TINY, make_cfg, train_overrides
 
 
 @pytest.fixture(scope="module")
-def model_and_batch(shapes_root):  # noqa: F811
+def model_and_batch(shapes_root):
     cfg = make_cfg(shapes_root, "unused")
     model = build_model(cfg)
     model.train()
@@ -50,7 +50,7 @@ def _train(cfg_path, out, *opts):
 
 
 @pytest.mark.parametrize("clip", [False, True])
-def test_learning_rate_1e8_is_a_one_line_stop_through_the_cli(shapes_root, tmp_path, clip):  # noqa: F811
+def test_learning_rate_1e8_is_a_one_line_stop_through_the_cli(shapes_root, tmp_path, clip):
     """lr 1e8 without warm-up used to abort the process (SIGABRT in Paddle's roi_align on NaN boxes)."""
     import yaml
 

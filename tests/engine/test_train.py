@@ -12,7 +12,6 @@ import paddle
 import pytest
 
 from ppdet_htc.core import load_config
-from ppdet_htc.data.demo_shapes import generate_demo_dataset
 from ppdet_htc.engine.checkpoint import load_state_file, save_state_file
 from ppdet_htc.engine.model_builder import build_model
 from ppdet_htc.engine.optimizer import LearningRate, LinearWarmup, PiecewiseDecay
@@ -20,13 +19,6 @@ from ppdet_htc.engine.trainer import NonFiniteLossError, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "tests", "fixtures", "htc_tiny.yml")
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes") / "demo"
-    generate_demo_dataset(str(root), num_train=12, num_val=4, seed=7, progress=False)
-    return str(root)
 
 
 def train_overrides(root, **extra):
@@ -241,3 +233,27 @@ def test_ctrl_c_saves_a_resumable_snapshot(shapes_root, tmp_path):
     cfg = load_config(str(cfg_path))
     tr = Trainer(cfg, resume=str(out / "last"), max_iters=None, output_dir=str(out), progress=False)
     assert tr.global_iter >= 3
+
+
+def test_missing_image_fails_before_the_first_step(shapes_root, tmp_path, capsys):
+    """Training checks its images up front (as evaluation does): seconds, not the middle of an epoch."""
+    import shutil
+
+    from ppdet_htc.cli import train_main
+
+    root = str(tmp_path / "copy")
+    shutil.copytree(shapes_root, root)
+    victim = sorted(os.listdir(os.path.join(root, "train")))[-1]
+    os.remove(os.path.join(root, "train", victim))
+    cfg_path = tmp_path / "cfg.yml"
+    import yaml
+
+    cfg_path.write_text("_BASE_: ['{}']\n".format(TINY) + yaml.safe_dump(train_overrides(root)))
+    started = time.time()
+    with pytest.raises(SystemExit) as e:
+        train_main(["-c", str(cfg_path), "--output_dir", str(tmp_path / "out")])
+    assert e.value.code == 2 and time.time() - started < 60
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert victim in line and "1 of the files" in line
+    assert "(global " not in open(tmp_path / "out" / "train.log").read()  # no training step ran
+    assert line[len("error: "):] in open(tmp_path / "out" / "train.log").read()

@@ -13,7 +13,7 @@ from ppdet_htc.cli import train_main
 from ppdet_htc.engine.checkpoint import load_state_file, save_state_file
 from ppdet_htc.engine.train_state import MANIFEST, SnapshotError, cleanup_stale_files, load_snapshot, resolve_snapshot
 from ppdet_htc.engine.trainer import Trainer
-from tests.engine.test_train import REPO, TINY, make_cfg, shapes_root, train_overrides  # noqa: F401 (fixture)
+from tests.engine.test_train import REPO, TINY, make_cfg, train_overrides
 
 
 class _Crash(BaseException):
@@ -30,7 +30,7 @@ def progress_of(directory):
 
 
 @pytest.fixture(scope="module")
-def two_snapshots(shapes_root, tmp_path_factory):  # noqa: F811
+def two_snapshots(shapes_root, tmp_path_factory):
     """``out/last`` at global iteration 2 copied to ``out/keep``, then ``out/last`` advanced to iteration 3."""
     out = str(tmp_path_factory.mktemp("snap") / "run")
     Trainer(make_cfg(shapes_root, out), max_iters=2, seed=3, output_dir=out, progress=False).train()
@@ -42,7 +42,7 @@ def two_snapshots(shapes_root, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.parametrize("crash_at", [1, 2, 3])  # 1: model part, 2: optimizer part, 3: manifest (the commit)
-def test_crash_between_the_parts_keeps_the_previous_snapshot(shapes_root, tmp_path, monkeypatch, crash_at):  # noqa: F811
+def test_crash_between_the_parts_keeps_the_previous_snapshot(shapes_root, tmp_path, monkeypatch, crash_at):
     out = str(tmp_path / "run")
     Trainer(make_cfg(shapes_root, out), max_iters=2, seed=3, output_dir=out, progress=False).train()
     last = os.path.join(out, "last")
@@ -79,7 +79,7 @@ def test_crash_between_the_parts_keeps_the_previous_snapshot(shapes_root, tmp_pa
     assert progress_of(last)["global_iter"] == 4 and len(os.listdir(last)) == 3
 
 
-def test_killed_process_during_save_resumes_through_the_cli(shapes_root, tmp_path):  # noqa: F811
+def test_killed_process_during_save_resumes_through_the_cli(shapes_root, tmp_path):
     """A real process dies (os._exit) after the model part of its second save is in place."""
     out = tmp_path / "run"
     cfg = tmp_path / "cfg.yml"
@@ -186,7 +186,7 @@ def test_mixed_partial_or_corrupt_snapshot_is_refused_naming_the_last_complete_o
     assert "-r {}".format(keep) in msg
 
 
-def test_corrupt_optimizer_file_is_one_line_through_the_cli(two_snapshots, shapes_root, tmp_path, capsys):  # noqa: F811
+def test_corrupt_optimizer_file_is_one_line_through_the_cli(two_snapshots, shapes_root, tmp_path, capsys):
     out, last = _damaged_copy(two_snapshots, tmp_path, DAMAGES["truncated optimizer"][0])
     cfg = tmp_path / "cfg.yml"
     import yaml
