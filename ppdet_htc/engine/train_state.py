@@ -10,7 +10,8 @@ Saving writes the parts under new names (``<id>`` is fresh for every save), each
 replaces ``snapshot.json`` atomically: that rename is the commit. Until it happens the directory's
 manifest still names the previous parts, which are deleted only after the commit. So a crash at any
 point leaves either the old complete snapshot or the new complete one, never a mix, and ``last``
-always names the newest complete snapshot. Files a crash leaves behind (temporary files, parts no
+always names the newest complete snapshot. ``model_final`` and ``best_model`` also get a plain
+``<name>.pdparams`` next to their directory (a hard link to the model part) for PaddleDetection-style tools. Files a crash leaves behind (temporary files, parts no
 manifest names) are removed by :func:`cleanup_stale_files` when training starts again.
 
 Loading verifies the manifest, the sizes and sha256 of both parts and the id stored in the optimizer
@@ -43,6 +44,7 @@ __all__ = [
     "save_snapshot",
     "load_snapshot",
     "copy_snapshot",
+    "publish_weights",
     "resolve_snapshot",
     "snapshot_model_file",
     "latest_complete_snapshot",
@@ -340,6 +342,27 @@ def copy_snapshot(src, dst):
                 os.remove(tmp)
             raise
     return _commit(dst, os.path.basename(dst), manifest["id"], manifest["parts"], manifest.get("progress") or {})
+
+
+def publish_weights(directory, path):
+    """Make the model part of the complete snapshot ``directory`` also available as the plain file ``path``
+    (``output/x/model_final.pdparams``, for tools that expect PaddleDetection's file); a hard link when possible,
+    replaced atomically, so ``path`` is always a whole model file."""
+    directory = _strip(directory)
+    source = _check_part(directory, _read_manifest(directory), "model", hash_check=False)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), ".{}.{}.tmp".format(os.path.basename(path),
+                                                                                   uuid.uuid4().hex[:8]))
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
 
 
 # ------------------------------------------------------------------------------------ loading

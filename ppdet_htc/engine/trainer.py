@@ -24,7 +24,8 @@ from ..errors import NonFiniteLossError, TrainingInterrupted
 from . import distributed
 from .finite_guard import FiniteGuard, NonFiniteValues, any_rank
 from .model_builder import build_model, load_model_weights, select_device
-from .train_state import cleanup_stale_files, copy_snapshot, latest_complete_snapshot, load_snapshot, save_snapshot
+from .train_state import (cleanup_stale_files, copy_snapshot, latest_complete_snapshot, load_snapshot,
+                          publish_weights, save_snapshot)
 
 __all__ = ["Trainer", "NonFiniteLossError", "TrainingInterrupted"]
 
@@ -282,8 +283,9 @@ class Trainer(object):
         if not last and (epoch + 1) % self.snapshot_epoch != 0:
             return
         saved = self.save("model_final" if last else str(epoch), epoch + 1, 0)
-        if last:
-            self.save("last", epoch + 1, 0, same_as=saved)
+        if last and self.rank == 0:
+            publish_weights(saved, saved + ".pdparams")
+        self.save("last", epoch + 1, 0, same_as=saved)  # `last` is always the newest snapshot (hard links)
         if self.eval_each_snapshot:
             self._evaluate(epoch)
 
@@ -305,6 +307,7 @@ class Trainer(object):
             self.best_ap = ap
             directory = os.path.join(self.output_dir, "best_model")
             save_snapshot(directory, self.model, self.optimizer, self._progress(epoch + 1, 0))
+            publish_weights(directory, directory + ".pdparams")
             logger.info("best bbox AP so far: %.2f (epoch %d) -> %s", ap * 100, epoch, directory)
         distributed.barrier(self.world_size)
         return metrics

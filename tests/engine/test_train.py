@@ -87,6 +87,9 @@ def test_epoch_snapshots_and_final_model(shapes_root, tmp_path):
     from ppdet_htc.engine.model_builder import load_model_weights
 
     final = os.path.join(tr.output_dir, "model_final")
+    with open(os.path.join(tr.output_dir, "last", "snapshot.json")) as f:
+        assert json.load(f)["progress"]["epoch"] == 2  # `last` follows every snapshot
+    assert "model_final.pdparams" in names and "0.pdparams" not in names  # plain weights file for other tools
     for spec in (final, final + ".pdparams", final + "/"):  # weights=output/x/model_final works as before
         model = build_model(cfg)
         load_model_weights(model, spec)  # strict load of the snapshot's model part
