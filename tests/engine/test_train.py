@@ -76,8 +76,18 @@ def test_resume_continues_with_identical_losses(shapes_root, tmp_path):
 def test_epoch_snapshots_and_final_model(shapes_root, tmp_path):
     cfg = make_cfg(shapes_root, tmp_path, {"epoch": 2, "snapshot_epoch": 1})
     tr = Trainer(cfg, seed=1, progress=False)
+    seen = []
+    end_of_epoch = tr._end_of_epoch
+
+    def record(epoch):
+        end_of_epoch(epoch)
+        with open(os.path.join(tr.output_dir, "last", "snapshot.json")) as f:
+            seen.append(json.load(f)["progress"]["epoch"])
+
+    tr._end_of_epoch = record
     hist = tr.train()
     assert len(hist) == 2 * tr.steps_per_epoch
+    assert seen == [1, 2]  # `last` follows every snapshot, so a killed run resumes from the newest one
     names = sorted(os.listdir(tr.output_dir))
     for name in ("0", "model_final", "last"):
         assert name in names
@@ -87,8 +97,6 @@ def test_epoch_snapshots_and_final_model(shapes_root, tmp_path):
     from ppdet_htc.engine.model_builder import load_model_weights
 
     final = os.path.join(tr.output_dir, "model_final")
-    with open(os.path.join(tr.output_dir, "last", "snapshot.json")) as f:
-        assert json.load(f)["progress"]["epoch"] == 2  # `last` follows every snapshot
     assert "model_final.pdparams" in names and "0.pdparams" not in names  # plain weights file for other tools
     for spec in (final, final + ".pdparams", final + "/"):  # weights=output/x/model_final works as before
         model = build_model(cfg)
