@@ -229,8 +229,8 @@ class Trainer(object):
                         values = self._step(batch, epoch, it)
                     except NonFiniteValues as e:
                         raise self._non_finite_error(
-                            "non-finite values (NaN/inf) in {} at epoch {} iteration {} (global iteration {}): the "
-                            "weights diverged at the previous step".format(e.where, epoch, it, self.global_iter)
+                            "non-finite values (NaN/inf) in {} at epoch {} iteration {} (global iteration {}), "
+                            "before the losses: the weights have diverged".format(e.where, epoch, it, self.global_iter)
                         ) from None
                     history.append(values)
                     for k, v in values.items():
