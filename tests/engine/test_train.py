@@ -123,7 +123,7 @@ def test_non_finite_loss_stops_with_a_clear_message(shapes_root, tmp_path):
         tr.train()
     msg = str(e.value)
     assert "loss_rpn_cls=nan" in msg and "epoch 1 iteration 0" in msg
-    assert os.path.join(tr.output_dir, "0") in msg  # names the last good snapshot
+    assert "the last good snapshot is {}".format(os.path.join(tr.output_dir, "last")) in msg  # (= epoch 0's)
     assert "clip_grad_by_norm" in msg  # clipping is off: suggest it
     # The check runs before backward: the parameters in memory are those of the last good step (= snapshot 0;
     # only BatchNorm statistics moved in the poisoned forward pass).
