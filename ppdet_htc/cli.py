@@ -129,7 +129,8 @@ def infer_main(argv=None):
                        help="images per forward pass (default: TestReader.batch_size of the config)")
         p.add_argument("--no_images", action="store_true", help="only write results.json")
         p.add_argument("--strict", action="store_true",
-                       help="stop at the first unreadable image (default: skip it, report it at the end, exit 2)")
+                       help="stop at the first unreadable image; without it, unreadable images are skipped, named at "
+                            "the end and the command exits with code 2")
         args = p.parse_args(argv)
         from .engine.infer import dataset_image_ids, list_image_files, run_inference
         from .engine.predictor import Detector
