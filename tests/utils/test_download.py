@@ -781,29 +781,24 @@ def test_stall_in_the_middle_of_the_body_is_resumed(server, tmp_path, monkeypatc
     assert [r["range"] for r in server.requests("stall.pdparams")] == [None, "bytes={}-".format(CHUNK)]
 
 
-def test_cli_reports_a_failed_download_in_one_line_with_exit_code_2(tmp_path, monkeypatch):
-    import logging
-
+def test_cli_reports_a_failed_download_in_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys):
+    """The CLI's user-error channel (cli.report_error): exactly one ``error: ...`` line on stderr, no traceback."""
     import cv2
 
     from ppdet_htc.cli import infer_main
     from tests.conftest import REPO_ROOT
 
     monkeypatch.setenv("PPDET_HTC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PPDET_HTC_DEBUG", raising=False)
     image = str(tmp_path / "img.png")
     cv2.imwrite(image, np.zeros((32, 32, 3), np.uint8))
     url = "http://127.0.0.1:{}/weights/model_final.pdparams".format(closed_port())
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("ppdet_htc").addHandler(handler)
-    try:
-        with pytest.raises(SystemExit) as info:
-            infer_main(["-c", os.path.join(REPO_ROOT, "tests", "fixtures", "htc_tiny.yml"), "-o", "weights=" + url,
-                        "--infer_img", image, "--output_dir", str(tmp_path / "out")])
-    finally:
-        logging.getLogger("ppdet_htc").removeHandler(handler)
+    with pytest.raises(SystemExit) as info:
+        infer_main(["-c", os.path.join(REPO_ROOT, "tests", "fixtures", "htc_tiny.yml"), "-o", "weights=" + url,
+                    "--infer_img", image, "--output_dir", str(tmp_path / "out")])
     assert info.value.code == 2
-    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].startswith("DownloadError: Could not download " + url)
-    assert "\n" not in errors[0] and dl.cache_path_for_url(url, str(tmp_path / "home" / "weights")) in errors[0]
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: Could not download " + url), err
+    assert dl.cache_path_for_url(url, str(tmp_path / "home" / "weights")) in errors[0]
+    assert "Traceback" not in err
