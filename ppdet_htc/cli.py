@@ -202,10 +202,16 @@ def _plot_eval(cfg, folder):
 
     files = {k: os.path.join(folder, f) for k, f in (("bbox", "bbox.json"), ("segm", "mask.json"))}
     present = {k: (v if os.path.isfile(v) else None) for k, v in files.items()}
-    written = analyze_results(build_eval_dataset(cfg).get_anno(), present["bbox"], present["segm"],
-                              os.path.join(folder, "plots"))
+    dataset = build_eval_dataset(cfg)
+    written = analyze_results(dataset.get_anno(), present["bbox"], present["segm"], os.path.join(folder, "plots"),
+                              image_root=_image_root(dataset))
     print("plots: {}".format(os.path.join(folder, "plots")))
     return written
+
+
+def _image_root(dataset):
+    """The image folder of an evaluation dataset (missing image sizes in its annotations are read from there)."""
+    return dataset.get_image_root() if dataset is not None and hasattr(dataset, "get_image_root") else None
 
 
 def train_main(argv=None):
@@ -388,9 +394,11 @@ def analyze_main(argv=None):
         if not present:
             raise FileNotFoundError("neither {} nor {} exists: run eval.py first (or pass --output_eval)".format(
                 files["bbox"], files["segm"]))
-        anno = args.anno or build_eval_dataset(cfg).get_anno()
+        dataset = None if args.anno else build_eval_dataset(cfg)
+        anno = args.anno or dataset.get_anno()
         out = args.output_dir or os.path.join(folder, "plots")
-        written = analyze_results(anno, present.get("bbox"), present.get("segm"), out, args.score_thr, args.iou_thr)
+        written = analyze_results(anno, present.get("bbox"), present.get("segm"), out, args.score_thr, args.iou_thr,
+                                  image_root=_image_root(dataset))
         print("plots: {}".format(out))
         return written
 
