@@ -17,6 +17,7 @@ __all__ = [
     "ImageDecodeError",
     "UsageError",
     "ResultsFileError",
+    "TrainingLogError",
     "NonFiniteLossError",
     "ImagesFailedError",
     "TrainingInterrupted",
@@ -52,6 +53,10 @@ class UsageError(UserError, ValueError):
 
 class ResultsFileError(UserError, ValueError):
     """A results file (bbox.json / mask.json) given for scoring is malformed."""
+
+
+class TrainingLogError(UserError, ValueError):
+    """A file given as a training log (``plot_train_log.py``) holds no training lines; the message names it."""
 
 
 class NonFiniteLossError(UserError, FloatingPointError):

@@ -59,6 +59,7 @@ def test_download_failure_is_one_line(capsys, image, http_404, tmp_path, monkeyp
     (["TestReader.sample_transforms=[{Resize: {target_size: abc}}]"], "Resize.target_size"),
     (["FPN.out_channel=1e-4"], "FPN.out_channel: expected int, got float 0.0001"),
     (["weights="], "no weights given"),
+    (["ResNet.dcn_v1_stages=[7]"], "ResNet.dcn_v1_stages [7] must list stage indices 0..3"),
 ])
 def test_config_errors_are_one_line(capsys, image, opts, expected, tmp_path):
     from ppdet_htc.core import load_config
@@ -116,3 +117,27 @@ def test_missing_files_are_one_line(capsys, tmp_path):
     assert "none" in line
     line, _ = fails_with_one_line(capsys, infer_main, ["-c", TINY])
     assert "--infer_img" in line
+
+
+@pytest.mark.parametrize("var, value", [("PPDET_HTC_PROGRESS", "sometimes"), ("PPDET_HTC_PROGRESS_INTERVAL", "soon")])
+def test_bad_progress_settings_are_one_line(capsys, image, tmp_path, monkeypatch, var, value):
+    from ppdet_htc.core import load_config
+    from ppdet_htc.engine.checkpoint import save_state_file
+    from ppdet_htc.engine.model_builder import build_model
+
+    weights = str(tmp_path / "w.pdparams")
+    save_state_file(weights, build_model(load_config(TINY)).state_dict())
+    monkeypatch.setenv("PPDET_HTC_PROGRESS", "lines")
+    monkeypatch.setenv(var, value)
+    line, err = fails_with_one_line(capsys, infer_main, ["-c", TINY, "--infer_img", image, "--output_dir",
+                                                         str(tmp_path / "out"), "-o", "weights=" + weights])
+    assert "${}={!r}".format(var, value) in line and "Traceback" not in err
+
+
+def test_a_file_that_is_not_a_training_log_is_one_line(capsys, tmp_path):
+    from ppdet_htc.cli import plot_log_main
+
+    log = tmp_path / "notes.log"
+    log.write_text("nothing to plot here\n")
+    line, err = fails_with_one_line(capsys, plot_log_main, [str(log)])
+    assert str(log) in line and "no training lines" in line and "Traceback" not in err

@@ -321,7 +321,7 @@ class COCODataSet(object):
             return ids, list(self._cat_names)
         anno = self.get_anno()
         if anno is None:
-            raise ValueError("COCODataSet.anno_path is not set")
+            raise ConfigError("COCODataSet.anno_path is not set")
         cats = _parse_categories(_load_json(anno, self), anno)
         return [c["id"] for c in cats], [c["name"] for c in cats]
 
@@ -329,7 +329,7 @@ class COCODataSet(object):
         """``{file_name: image id}`` of the annotation file's ``images`` (for naming inference results)."""
         anno = self.get_anno()
         if anno is None:
-            raise ValueError("COCODataSet.anno_path is not set")
+            raise ConfigError("COCODataSet.anno_path is not set")
         return {str(im["file_name"]): int(im["id"]) for im in _parse_images(_load_json(anno, self), anno).values()}
 
     def check_files(self, max_report: int = 10):

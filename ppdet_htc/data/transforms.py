@@ -264,7 +264,7 @@ class RandomResize(object):
         if random_range:
             ok = ok and len(sizes) >= 2 and all(isinstance(t, (list, tuple)) for t in sizes)
         if not ok:
-            raise ValueError("RandomResize.target_size must be a list of [h, w] pairs{}, got {!r}".format(
+            raise ConfigError("RandomResize.target_size must be a list of [h, w] pairs{}, got {!r}".format(
                 " (at least two with random_range)" if random_range else " or ints", target_size))
         self.target_size = [list(t) if isinstance(t, (list, tuple)) else t for t in sizes]
         self.keep_ratio = keep_ratio

@@ -19,6 +19,7 @@ import urllib.error
 import numpy as np
 import pytest
 
+from ppdet_htc.errors import ConfigError
 from ppdet_htc.utils.download import ChecksumError, DownloadError, download
 
 # import_module returns the module even if ppdet_htc.utils re-exports a function named download
@@ -274,9 +275,9 @@ def test_dest_dir_wins_over_env_var(server, tmp_path, monkeypatch):
 
 
 def test_only_http_urls(tmp_path):
-    with pytest.raises(ValueError, match="ftp://example.com/x.pdparams"):
+    with pytest.raises(ConfigError, match="ftp://example.com/x.pdparams"):
         download("ftp://example.com/x.pdparams", dest_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="file name"):
+    with pytest.raises(ConfigError, match="file name"):
         download("http://example.com/", dest_dir=str(tmp_path))
 
 
@@ -754,7 +755,7 @@ def test_timeout_env_var(monkeypatch, value, expected):
 @pytest.mark.parametrize("value", ["soon", "1,2,3", "0", "-5", "1,"])
 def test_bad_timeout_env_var_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("PPDET_HTC_DOWNLOAD_TIMEOUT", value)
-    with pytest.raises(ValueError, match="PPDET_HTC_DOWNLOAD_TIMEOUT"):
+    with pytest.raises(ConfigError, match="PPDET_HTC_DOWNLOAD_TIMEOUT"):
         dl.download_timeouts()
 
 
