@@ -43,10 +43,15 @@ def base_parser(description, config=True):
         p.add_argument("-o", "--opt", nargs="*", default=[], action="extend",
                        help="override config keys, e.g. -o weights=w.pdparams EvalReader.batch_size=2 "
                             "(default: none)")
-    p.add_argument("--debug", action="store_true",
-                   help="on an error, print the full traceback too; also show Paddle's warnings and log noise "
-                        "(same as PPDET_HTC_DEBUG=1)")
+    add_debug_flag(p)
     return p
+
+
+def add_debug_flag(parser):
+    """The one ``--debug`` option of every command (``_run`` reads it through ``utils.logger.debug_requested``)."""
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the full traceback too; also show Paddle's warnings and log noise "
+                             "(same as PPDET_HTC_DEBUG=1)")
 
 
 def load_cli_config(args):
@@ -357,6 +362,7 @@ def convert_mmdet_main(argv=None):
         p.add_argument("--out", default=None, help="output .pdparams (default: the first --src with .pdparams)")
         p.add_argument("-o", "--opt", nargs="*", default=[], action="extend",
                        help="override config keys, e.g. -o num_classes=4")
+        add_debug_flag(p)
         args = p.parse_args(argv)
         from .engine.convert_mmdet import convert_mmdet_checkpoint
 
