@@ -153,7 +153,7 @@ def run_inference(detector, images, output_dir="output", draw_threshold=0.5, bat
         chunk = images[start:start + batch_size]
         for index, path, det in _predict_chunk(detector, chunk, start, strict, failures):
             im_id = image_ids.get(os.path.basename(path))
-            if im_id is None:
+            if im_id is None or im_id in file_names:  # a second file of that name (another folder): a new id
                 im_id, next_id = next_id, next_id + 1
             det["im_id"] = im_id
             file_names[im_id] = path

@@ -219,3 +219,16 @@ def test_strict_stops_at_the_first_bad_image(tmp_path, weights, capsys):
     assert "img1.png" in line and "decode" in line
     assert not os.path.exists(os.path.join(out, "results.json"))  # stopped: no results file claims completeness
     assert not os.path.exists(os.path.join(out, "img2.png"))
+
+
+def test_files_of_one_name_in_two_folders_get_distinct_image_ids(tmp_path, weights):
+    """Ids from an annotation file are matched by file name; a second file of that name must not share the id."""
+    from ppdet_htc.engine.infer import run_inference
+    from ppdet_htc.engine.predictor import Detector
+
+    a = make_images(str(tmp_path / "a"), 1)[0]
+    b = make_images(str(tmp_path / "b"), 1)[0]
+    assert os.path.basename(a) == os.path.basename(b) == "img0.png"
+    det = Detector(TINY, weights=weights, overrides=["TestDataset.anno_path=null"])
+    path, dets = run_inference(det, [a, b], str(tmp_path / "out"), save_images=False, image_ids={"img0.png": 7})
+    assert [d["im_id"] for d in dets] == [7, 8]
