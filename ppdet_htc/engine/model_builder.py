@@ -123,8 +123,6 @@ def label_info(cfg, dataset=None, weights=None):
     entry of ``weights`` (its ``label_list`` field), COCO's 80 classes when ``num_classes`` is 80, and
     finally ``class_0..class_{N-1}`` with a warning.
     """
-    from ..core import ConfigError
-
     num_classes = int(cfg.get("num_classes", 80))
     names = cfg.get("label_list")
     if names is not None:
