@@ -578,4 +578,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import _run  # the commands' error handling: a user error is one line, exit code 2
+
+    _run(main, None)
