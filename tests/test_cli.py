@@ -60,6 +60,7 @@ def test_download_failure_is_one_line(capsys, image, http_404, tmp_path, monkeyp
     (["FPN.out_channel=1e-4"], "FPN.out_channel: expected int, got float 0.0001"),
     (["weights="], "no weights given"),
     (["ResNet.dcn_v1_stages=[7]"], "ResNet.dcn_v1_stages [7] must list stage indices 0..3"),
+    (["FPN.has_extra_convs=true"], "FPN.has_extra_convs=True is not supported"),
 ])
 def test_config_errors_are_one_line(capsys, image, opts, expected, tmp_path):
     from ppdet_htc.core import load_config
