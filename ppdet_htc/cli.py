@@ -1,11 +1,18 @@
 """Command-line entry points (``scripts/*.py`` and the ``ppdet-htc-*`` console scripts call these).
 
 Flags follow PaddleDetection's ``tools/*.py``: ``-c CONFIG``, ``-o key=value ...`` on every command.
+
+Errors: a user error (``ppdet_htc.errors.UserError`` and the checkpoint/download errors listed in
+``_user_error_types``, plus ``OSError``: missing files, permissions, network) and Ctrl-C end the command
+with one line ``error: ...`` on stderr (also appended to the training log) and exit code 2. ``--debug``
+or ``PPDET_HTC_DEBUG=1`` prints the traceback as well. Any other exception is a bug and keeps its
+traceback.
 """
 import argparse
 import logging
 import os
 import sys
+import traceback
 
 from .utils.logger import debug_requested, quiet_third_party, setup_logger
 
@@ -36,9 +43,15 @@ def base_parser(description, config=True):
         p.add_argument("-o", "--opt", nargs="*", default=[], action="extend",
                        help="override config keys, e.g. -o weights=w.pdparams EvalReader.batch_size=2 "
                             "(default: none)")
-    p.add_argument("--debug", action="store_true",
-                   help="show Paddle's warnings and log noise (also: PPDET_HTC_DEBUG=1)")
+    add_debug_flag(p)
     return p
+
+
+def add_debug_flag(parser):
+    """The one ``--debug`` option of every command (``_run`` reads it through ``utils.logger.debug_requested``)."""
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the full traceback too; also show Paddle's warnings and log noise "
+                             "(same as PPDET_HTC_DEBUG=1)")
 
 
 def load_cli_config(args):
@@ -47,22 +60,65 @@ def load_cli_config(args):
     return load_config(args.config, args.opt)
 
 
-def _run(main, argv):
-    """Run a CLI body; turn expected user errors into one clear line and exit code 2."""
-    from .core import ConfigError
-    from .data.transforms import ImageDecodeError
+def _user_error_types():
+    """Exception classes that mean bad input or environment (never broad ``ValueError``/``KeyError``)."""
     from .engine.checkpoint import CheckpointError, CheckpointMismatchError, UnsafeCheckpointError
+    from .errors import UserError
     from .utils.download import DownloadError
+    from .utils.model_zoo import UnknownModelError
 
-    quiet_third_party(debug_requested(argv))  # before Paddle is imported: its import warns
+    # OSError: missing files, permissions, full disks, network failures (DownloadError is one).
+    return (UserError, CheckpointError, CheckpointMismatchError, UnsafeCheckpointError, DownloadError,
+            UnknownModelError, OSError)
+
+
+# ``--debug`` on the command line or ``PPDET_HTC_DEBUG`` set: one definition, in utils.logger (it also decides
+# whether Paddle's noise is filtered); this name is kept for callers of the CLI module.
+debug_enabled = debug_requested
+
+
+def one_line(exc):
+    """The message of ``exc`` on one line (multi-line reports are joined)."""
+    if isinstance(exc, KeyError) and exc.args and type(exc).__str__ is KeyError.__str__:
+        text = str(exc.args[0])  # plain KeyError would quote its message
+    else:
+        text = str(exc)
+    if isinstance(exc, OSError) and exc.errno is not None and type(exc).__str__ is OSError.__str__:
+        text = "{}: {}".format(type(exc).__name__, text)  # "[Errno 13] Permission denied: 'x'" needs its kind
+    parts = [p.strip() for p in text.splitlines() if p.strip()]
+    out = ""
+    for p in parts:
+        out += p if not out else (" " if out.endswith(":") else "; ") + p
+    return out or type(exc).__name__
+
+
+def report_error(message):
+    """``error: message`` on stderr, and in the log files of the ``ppdet_htc`` logger (e.g. train.log)."""
+    line = "error: " + message
+    print(line, file=sys.stderr, flush=True)
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    for h in logger.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+    return line
+
+
+def _run(main, argv):
+    """Run a CLI body; user errors and Ctrl-C become one line on stderr and exit code 2 (see module doc)."""
+    debug = debug_requested(argv)
+    quiet_third_party(debug)  # before Paddle is imported: its import warns
     setup_logger()
-    user_errors = (ConfigError, FileNotFoundError, ImageDecodeError, CheckpointError, CheckpointMismatchError,
-                   UnsafeCheckpointError, DownloadError, KeyError, ValueError)
     try:
         return main(argv)
-    except user_errors as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        logger.error("%s: %s", type(e).__name__, msg)
+    except KeyboardInterrupt as e:
+        if debug:
+            traceback.print_exc()
+        report_error(one_line(e) if str(e) else "interrupted (Ctrl-C)")
+        sys.exit(2)
+    except _user_error_types() as e:
+        if debug:
+            traceback.print_exc()
+        report_error(one_line(e))
         sys.exit(2)
 
 
@@ -77,6 +133,9 @@ def infer_main(argv=None):
         p.add_argument("--batch_size", type=int, default=None,
                        help="images per forward pass (default: TestReader.batch_size of the config)")
         p.add_argument("--no_images", action="store_true", help="only write results.json")
+        p.add_argument("--strict", action="store_true",
+                       help="stop at the first unreadable image; without it, unreadable images are skipped, named at "
+                            "the end and the command exits with code 2")
         args = p.parse_args(argv)
         from .engine.infer import dataset_image_ids, list_image_files, run_inference
         from .engine.predictor import Detector
@@ -86,7 +145,7 @@ def infer_main(argv=None):
         det = Detector(cfg)
         bs = args.batch_size or int((cfg.get("TestReader") or {}).get("batch_size", 1))
         path, _ = run_inference(det, images, args.output_dir, args.draw_threshold, bs, save_images=not args.no_images,
-                                image_ids=dataset_image_ids(det.dataset))
+                                image_ids=dataset_image_ids(det.dataset), strict=args.strict)
         print("results: {}".format(path))
         return path
 
@@ -148,10 +207,16 @@ def _plot_eval(cfg, folder):
 
     files = {k: os.path.join(folder, f) for k, f in (("bbox", "bbox.json"), ("segm", "mask.json"))}
     present = {k: (v if os.path.isfile(v) else None) for k, v in files.items()}
-    written = analyze_results(build_eval_dataset(cfg).get_anno(), present["bbox"], present["segm"],
-                              os.path.join(folder, "plots"))
+    dataset = build_eval_dataset(cfg)
+    written = analyze_results(dataset.get_anno(), present["bbox"], present["segm"], os.path.join(folder, "plots"),
+                              image_root=_image_root(dataset))
     print("plots: {}".format(os.path.join(folder, "plots")))
     return written
+
+
+def _image_root(dataset):
+    """The image folder of an evaluation dataset (missing image sizes in its annotations are read from there)."""
+    return dataset.get_image_root() if dataset is not None and hasattr(dataset, "get_image_root") else None
 
 
 def train_main(argv=None):
@@ -297,6 +362,7 @@ def convert_mmdet_main(argv=None):
         p.add_argument("--out", default=None, help="output .pdparams (default: the first --src with .pdparams)")
         p.add_argument("-o", "--opt", nargs="*", default=[], action="extend",
                        help="override config keys, e.g. -o num_classes=4")
+        add_debug_flag(p)
         args = p.parse_args(argv)
         from .engine.convert_mmdet import convert_mmdet_checkpoint
 
@@ -334,9 +400,11 @@ def analyze_main(argv=None):
         if not present:
             raise FileNotFoundError("neither {} nor {} exists: run eval.py first (or pass --output_eval)".format(
                 files["bbox"], files["segm"]))
-        anno = args.anno or build_eval_dataset(cfg).get_anno()
+        dataset = None if args.anno else build_eval_dataset(cfg)
+        anno = args.anno or dataset.get_anno()
         out = args.output_dir or os.path.join(folder, "plots")
-        written = analyze_results(anno, present.get("bbox"), present.get("segm"), out, args.score_thr, args.iou_thr)
+        written = analyze_results(anno, present.get("bbox"), present.get("segm"), out, args.score_thr, args.iou_thr,
+                                  image_root=_image_root(dataset))
         print("plots: {}".format(out))
         return written
 

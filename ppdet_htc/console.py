@@ -50,7 +50,9 @@ def convert_mmdet():
 
 
 def demo_data():
+    """``ppdet-htc-demo-data``: the generator's own main, with the commands' error handling (``cli._run``)."""
+    from . import cli
     from .data.demo_shapes import main
 
-    main(sys.argv[1:])
+    cli._run(main, sys.argv[1:])
     return 0

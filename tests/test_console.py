@@ -42,3 +42,38 @@ def test_plot_log_command_end_to_end(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:  # a user error: one line, exit code 2
         console.plot_log()
     assert e.value.code == 2
+
+
+def test_demo_data_command_exits_0_and_2_on_a_user_error(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "demo"
+    monkeypatch.setattr(sys, "argv", ["ppdet-htc-demo-data", "--root", str(root), "--num_train", "1", "--num_val",
+                                      "1"])
+    assert console.demo_data() == 0
+    assert (root / "annotations" / "instances_val.json").is_file()
+    monkeypatch.setattr(sys, "argv", ["ppdet-htc-demo-data", "--root", str(tmp_path / "bad"), "--num_train", "-1"])
+    with pytest.raises(SystemExit) as e:
+        console.demo_data()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert [x for x in err.splitlines() if x.startswith("error:")] == [
+        "error: image counts must be >= 0, got num_train=-1 num_val=60"] and "Traceback" not in err
+
+
+def test_every_command_accepts_debug(monkeypatch):
+    """--debug is one flag of every command (also the converter's own parser)."""
+    import argparse
+
+    class Parsed(Exception):
+        pass
+
+    for name in [n for n in dir(cli) if n.endswith("_main")]:
+        seen = {}
+
+        def fake_parse_args(self, args=None, namespace=None):
+            seen["options"] = {o for a in self._actions for o in a.option_strings}
+            raise Parsed  # stop before the command runs
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", fake_parse_args)
+        with pytest.raises(Parsed):
+            getattr(cli, name)([])
+        assert "--debug" in seen["options"], name

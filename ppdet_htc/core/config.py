@@ -9,10 +9,12 @@ import copy
 import inspect
 import logging
 import os
+import re
 import typing
 
 import yaml
 
+from ..errors import ConfigError
 from ..utils.resources import find_config
 from . import registry
 from .registry import closest, constructor_params, lookup
@@ -35,10 +37,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 inspect_empty = inspect.Parameter.empty
-
-
-class ConfigError(ValueError):
-    """A config file or override is wrong; the message names the file, the key and the fix."""
 
 
 class AttrDict(dict):
@@ -133,8 +131,24 @@ def set_global_config(cfg):
 # --------------------------------------------------------------------------------------------
 
 
+class _NumberLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4``, ``1e6``, ``-1e-5``, ``1.5e3`` as floats.
+
+    PyYAML implements YAML 1.1, whose float pattern needs a dot and a signed exponent, so it returns such
+    values as *strings*; YAML 1.2 (and every user) reads them as numbers. Ints, YAML 1.1 floats, dates and
+    strings resolve as before: this resolver is consulted only after the built-in ones.
+    """
+
+
+_NumberLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _make_loader(filename):
-    class _Loader(yaml.SafeLoader):
+    class _Loader(_NumberLoader):
         pass
 
     def construct_tagged(loader, suffix, node):
@@ -269,8 +283,8 @@ def parse_overrides(opts):
         key = key.strip()
         if not key:
             raise ConfigError("-o option {!r} has an empty key".format(opt))
-        try:
-            parsed = yaml.safe_load(value) if value.strip() != "" else None
+        try:  # the config files' loader: same numbers, same !Tags
+            parsed = yaml.load(value, Loader=_make_loader("-o " + key)) if value.strip() != "" else None
         except yaml.YAMLError:
             parsed = value
         node = result

@@ -15,6 +15,8 @@ This mirrors PaddleDetection's workspace conventions, which our users' configs r
 import difflib
 import inspect
 
+from ..errors import UnknownModuleError
+
 __all__ = [
     "register",
     "serializable",
@@ -80,7 +82,7 @@ def closest(word, candidates, n=3, cutoff=0.6):
 
 
 def lookup(name, where=""):
-    """Return the registered class called ``name`` or raise a helpful KeyError."""
+    """Return the registered class called ``name`` or raise ``UnknownModuleError`` (a ConfigError and a KeyError)."""
     _ensure_builtin_modules()
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -89,7 +91,7 @@ def lookup(name, where=""):
     msg += "; did you mean {}?".format(" / ".join(repr(h) for h in hint)) if hint else (
         "; registered modules are: " + ", ".join(sorted(_REGISTRY))
     )
-    raise KeyError(msg)
+    raise UnknownModuleError(msg)
 
 
 def constructor_params(cls):

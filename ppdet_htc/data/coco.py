@@ -16,6 +16,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..core import serializable
+from ..errors import AnnotationError, ConfigError
 from ..core.registry import closest
 
 __all__ = ["COCODataSet", "AnnotationError", "VALID_DATA_FIELDS", "resolve_path"]
@@ -26,10 +27,6 @@ VALID_DATA_FIELDS = ("image", "gt_bbox", "gt_class", "gt_poly", "is_crowd", "sem
 _GT_FIELDS = ("gt_bbox", "gt_class", "gt_poly", "is_crowd")
 _SEMANTIC_SOURCES = ("stuffthingmaps", "instances")
 _BBOX_EPS = 1e-5
-
-
-class AnnotationError(ValueError):
-    """The annotation file is malformed; the message names the file and the offending entry."""
 
 
 def resolve_path(root, path):
@@ -84,19 +81,19 @@ class COCODataSet(object):
         for field in self.data_fields:
             if field not in VALID_DATA_FIELDS:
                 hint = closest(str(field), VALID_DATA_FIELDS)
-                raise ValueError(
+                raise ConfigError(
                     "COCODataSet.data_fields: unknown field {!r}{}; valid fields: {}".format(
                         field, "; did you mean {}?".format(" / ".join(repr(h) for h in hint)) if hint else "",
                         ", ".join(VALID_DATA_FIELDS)))
         if int(repeat) < 1:
-            raise ValueError("COCODataSet.repeat must be >= 1, got {!r}".format(repeat))
+            raise ConfigError("COCODataSet.repeat must be >= 1, got {!r}".format(repeat))
         if semantic_source not in _SEMANTIC_SOURCES:
-            raise ValueError("COCODataSet.semantic_source must be one of {}, got {!r}".format(
+            raise ConfigError("COCODataSet.semantic_source must be one of {}, got {!r}".format(
                 " / ".join(repr(s) for s in _SEMANTIC_SOURCES), semantic_source))
         if load_semantic and semantic_source == "instances":
             missing = [f for f in ("gt_class", "gt_poly") if f not in self.data_fields]
             if missing:
-                raise ValueError(
+                raise ConfigError(
                     "COCODataSet: semantic_source 'instances' derives the label map from the instance masks, "
                     "so data_fields must contain {} (got {})".format(missing, self.data_fields))
         if "semantic" in self.data_fields and not load_semantic:
@@ -133,7 +130,7 @@ class COCODataSet(object):
         """Read the annotation file and build the records (called on first use)."""
         anno = self.get_anno()
         if anno is None:
-            raise ValueError("COCODataSet.anno_path is not set (dataset_dir={!r}, image_dir={!r})".format(
+            raise ConfigError("COCODataSet.anno_path is not set (dataset_dir={!r}, image_dir={!r})".format(
                 self.dataset_dir, self.image_dir))
         data = _load_json(anno, self)
         image_root = self.get_image_root()
@@ -220,6 +217,9 @@ class COCODataSet(object):
                 stats["annotation: missing or all-zero bbox"] += 1
                 continue
             area = ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))
+            if not isinstance(area, (int, float)) or isinstance(area, bool):
+                raise AnnotationError("{}: annotation id {} (image_id {}): 'area' must be a number, got {!r}".format(
+                    anno, ann.get("id"), img["id"], area))
             if not (area > 0 and box[2] - box[0] > _BBOX_EPS and box[3] - box[1] > _BBOX_EPS):
                 stats["annotation: area <= 0 or width/height <= 1e-5"] += 1
                 continue
@@ -321,7 +321,7 @@ class COCODataSet(object):
             return ids, list(self._cat_names)
         anno = self.get_anno()
         if anno is None:
-            raise ValueError("COCODataSet.anno_path is not set")
+            raise ConfigError("COCODataSet.anno_path is not set")
         cats = _parse_categories(_load_json(anno, self), anno)
         return [c["id"] for c in cats], [c["name"] for c in cats]
 
@@ -329,7 +329,7 @@ class COCODataSet(object):
         """``{file_name: image id}`` of the annotation file's ``images`` (for naming inference results)."""
         anno = self.get_anno()
         if anno is None:
-            raise ValueError("COCODataSet.anno_path is not set")
+            raise ConfigError("COCODataSet.anno_path is not set")
         return {str(im["file_name"]): int(im["id"]) for im in _parse_images(_load_json(anno, self), anno).values()}
 
     def check_files(self, max_report: int = 10):
@@ -341,8 +341,11 @@ class COCODataSet(object):
                 if key in r and not os.path.isfile(r[key]):
                     missing.append(r[key])
         if missing:
-            raise FileNotFoundError("{} of the files listed by {} are missing, e.g.:\n  {}".format(
-                len(missing), self.get_anno(), "\n  ".join(missing[:max_report])))
+            raise FileNotFoundError("{} of the files listed by {} are missing: {}{} (check dataset_dir={!r} and "
+                                    "image_dir={!r})".format(
+                                        len(missing), self.get_anno(), ", ".join(missing[:max_report]),
+                                        " and {} more".format(len(missing) - max_report)
+                                        if len(missing) > max_report else "", self.dataset_dir, self.image_dir))
 
     def __repr__(self):
         return "COCODataSet(anno_path={!r}, image_dir={!r}, dataset_dir={!r}, data_fields={})".format(
@@ -393,6 +396,8 @@ def _parse_images(data, anno):
     for i, img in enumerate(_require_list(data, "images", anno)):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise AnnotationError("{}: images[{}] must have 'id' and 'file_name', got {!r}".format(anno, i, img))
+        if not isinstance(img["id"], int) or isinstance(img["id"], bool):
+            raise AnnotationError("{}: images[{}]: 'id' must be an integer, got {!r}".format(anno, i, img["id"]))
         if img["id"] in images:
             raise AnnotationError("{}: image id {} appears twice in 'images'".format(anno, img["id"]))
         images[img["id"]] = img
@@ -460,6 +465,9 @@ def _parse_segmentation(ann, img, anno):
             if not isinstance(poly, (list, tuple)):
                 raise AnnotationError("{}: polygon segmentation must be a list of [x0, y0, x1, y1, ...] lists, "
                                       "got an element {!r}".format(where, poly))
+            bad = [v for v in poly if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v)]
+            if bad:
+                raise AnnotationError("{}: polygon coordinates must be finite numbers, got {!r}".format(where, bad[0]))
             if len(poly) >= 6 and len(poly) % 2 == 0:
                 polys.append(poly)
         return polys or None

@@ -1,5 +1,6 @@
 """``!DemoShapesDataSet``: the bundled synthetic dataset as a COCO dataset, generated on first use."""
 from ..core import serializable
+from ..errors import ConfigError
 from .coco import COCODataSet
 from .demo_shapes import CATEGORIES, default_demo_root, ensure_demo_dataset
 
@@ -20,7 +21,7 @@ class DemoShapesDataSet(COCODataSet):
                  empty_ratio: float = 1.0, repeat: int = 1, load_semantic: bool = False,
                  semantic_source: str = "stuffthingmaps"):
         if split not in ("train", "val"):
-            raise ValueError("DemoShapesDataSet.split must be 'train' or 'val', got {!r}".format(split))
+            raise ConfigError("DemoShapesDataSet.split must be 'train' or 'val', got {!r}".format(split))
         self.split = split
         super().__init__(
             dataset_dir=dataset_dir or default_demo_root(), image_dir=split,

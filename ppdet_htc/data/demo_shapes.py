@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..errors import UsageError
+
 __all__ = [
     "CATEGORIES",
     "DEMO_VERSION",
@@ -418,9 +420,9 @@ def generate_split(root, split, num_images, seed, min_size, max_size, bar=None):
 def _params(num_train, num_val, seed, min_size, max_size):
     """Validated generation parameters as stored in the ``DONE`` marker."""
     if num_train < 0 or num_val < 0:
-        raise ValueError("image counts must be >= 0, got num_train={} num_val={}".format(num_train, num_val))
+        raise UsageError("image counts must be >= 0, got num_train={} num_val={}".format(num_train, num_val))
     if not MIN_IMAGE_SIDE <= min_size <= max_size:
-        raise ValueError("need {} <= min_size <= max_size (the largest objects must fit), got {} and {}".format(
+        raise UsageError("need {} <= min_size <= max_size (the largest objects must fit), got {} and {}".format(
             MIN_IMAGE_SIDE, min_size, max_size))
     return {"num_train": int(num_train), "num_val": int(num_val), "seed": int(seed),
             "min_size": int(min_size), "max_size": int(max_size)}
@@ -563,6 +565,7 @@ def main(argv=None):
     parser.add_argument("--min_size", type=int, default=256)
     parser.add_argument("--max_size", type=int, default=384)
     parser.add_argument("--force", action="store_true", help="regenerate even if an up-to-date copy exists")
+    parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback too")
     args = parser.parse_args(argv)
     params = _params(args.num_train, args.num_val, args.seed, args.min_size, args.max_size)
     root = os.path.abspath(args.root or default_demo_root())
@@ -575,4 +578,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from ..cli import _run  # the commands' error handling: a user error is one line, exit code 2
+
+    _run(main, None)

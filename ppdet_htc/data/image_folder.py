@@ -11,6 +11,7 @@ from typing import Union
 import numpy as np
 
 from ..core import serializable
+from ..errors import AnnotationError, ConfigError, UsageError
 from .coco import resolve_path
 
 __all__ = ["ImageFolder", "IMAGE_EXTENSIONS", "list_images"]
@@ -34,7 +35,7 @@ def list_images(paths):
             images.extend(found)
         elif os.path.isfile(p):
             if not p.lower().endswith(IMAGE_EXTENSIONS):
-                raise ValueError("{} is not an image file (expected {})".format(p, " / ".join(IMAGE_EXTENSIONS)))
+                raise UsageError("{} is not an image file (expected {})".format(p, " / ".join(IMAGE_EXTENSIONS)))
             images.append(p)
         else:
             raise FileNotFoundError("image path not found: {}".format(p))
@@ -74,7 +75,7 @@ class ImageFolder(object):
 
     def parse_dataset(self):
         if self.image_dir is None:
-            raise ValueError("ImageFolder has no images: set ImageFolder.image_dir or call set_images([...])")
+            raise ConfigError("ImageFolder has no images: set ImageFolder.image_dir or call set_images([...])")
         dirs = self.image_dir if isinstance(self.image_dir, (list, tuple)) else [self.image_dir]
         self._records = self._make_records(list_images([resolve_path(self.dataset_dir, d) for d in dirs]))
 
@@ -110,8 +111,9 @@ class ImageFolder(object):
         self._ensure_parsed()
         missing = [r["im_file"] for r in self._records if not os.path.isfile(r["im_file"])]
         if missing:
-            raise FileNotFoundError("{} images are missing, e.g.:\n  {}".format(
-                len(missing), "\n  ".join(missing[:max_report])))
+            raise FileNotFoundError("{} images are missing: {}{}".format(
+                len(missing), ", ".join(missing[:max_report]),
+                " and {} more".format(len(missing) - max_report) if len(missing) > max_report else ""))
 
     # ------------------------------------------------------------------ labels
 
@@ -125,7 +127,7 @@ class ImageFolder(object):
             return self._labels
         path = self.get_anno()
         if path is None:
-            raise ValueError("ImageFolder.anno_path is not set: it must name a COCO JSON or a label-list .txt "
+            raise ConfigError("ImageFolder.anno_path is not set: it must name a COCO JSON or a label-list .txt "
                              "to map labels to class names and category ids")
         if not os.path.isfile(path):
             raise FileNotFoundError("label file not found: {} (ImageFolder.anno_path={!r}, dataset_dir={!r})".format(
@@ -135,7 +137,7 @@ class ImageFolder(object):
         elif path.lower().endswith(".txt"):
             self._labels = _labels_from_txt(path)
         else:
-            raise ValueError("ImageFolder.anno_path {} must be a COCO .json or a .txt with one class name per "
+            raise ConfigError("ImageFolder.anno_path {} must be a COCO .json or a .txt with one class name per "
                              "line".format(path))
         return self._labels
 
@@ -184,13 +186,13 @@ def _labels_from_coco(path):
         with open(path, "rb") as f:
             data = json.loads(f.read())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError("{}: invalid JSON: {}".format(path, e)) from None
+        raise AnnotationError("{}: invalid JSON: {}".format(path, e)) from None
     cats = data.get("categories") if isinstance(data, dict) else None
     if not isinstance(cats, list) or not cats:
-        raise ValueError("{}: needs a non-empty 'categories' list to name the classes".format(path))
+        raise AnnotationError("{}: needs a non-empty 'categories' list to name the classes".format(path))
     for i, c in enumerate(cats):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
-            raise ValueError("{}: categories[{}] must have 'id' and 'name', got {!r}".format(path, i, c))
+            raise AnnotationError("{}: categories[{}] must have 'id' and 'name', got {!r}".format(path, i, c))
     return [c["id"] for c in cats], [c["name"] for c in cats]
 
 
@@ -198,5 +200,5 @@ def _labels_from_txt(path):
     with open(path, encoding="utf-8") as f:
         names = [line.strip() for line in f if line.strip()]
     if not names:
-        raise ValueError("{}: label list is empty (expected one class name per line)".format(path))
+        raise AnnotationError("{}: label list is empty (expected one class name per line)".format(path))
     return list(range(len(names))), names

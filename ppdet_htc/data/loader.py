@@ -152,11 +152,11 @@ def collate(samples):
         values = [s.get(key) for s in samples]
         if key in _STACK_FLOAT or key in ("im_id", "semantic"):
             if any(v is None for v in values):
-                raise ValueError("collate: {!r} is missing for some images of the batch {}".format(key, files))
+                raise ConfigError("collate: {!r} is missing for some images of the batch {}".format(key, files))
             shapes = {np.shape(v) for v in values}
             if len(shapes) != 1:
                 hint = " (add PadBatch to batch_transforms)" if key in ("image", "semantic") else ""
-                raise ValueError("collate: {!r} has different shapes {} in the batch {}{}".format(
+                raise ConfigError("collate: {!r} has different shapes {} in the batch {}{}".format(
                     key, [np.shape(v) for v in values], files, hint))
             if key == "im_id":
                 arr = np.stack([np.asarray(v, np.int64).reshape(-1) for v in values])
@@ -233,7 +233,7 @@ class Reader(object):
         epoch = self.epoch if epoch is None else int(epoch)
         n = len(self.dataset)
         if n == 0:
-            raise ValueError("{}: the dataset {!r} is empty".format(self.name, self.dataset))
+            raise ConfigError("{}: the dataset {!r} is empty".format(self.name, self.dataset))
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         if self.group_by_size and not self.shuffle and self.batch_size > 1 and not self.drop_last:
             grouped = self._size_batches(order)
@@ -251,7 +251,7 @@ class Reader(object):
         if self.drop_last and batches and len(batches[-1]) < bs:
             batches.pop()
         if not batches:
-            raise ValueError("{}: {} samples on {} rank(s) with batch_size {} and drop_last give no batch".format(
+            raise ConfigError("{}: {} samples on {} rank(s) with batch_size {} and drop_last give no batch".format(
                 self.name, n, ws, bs))
         if self.drop_last and not self._logged_drop:
             unused = n - len(batches) * bs * ws

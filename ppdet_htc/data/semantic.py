@@ -6,6 +6,7 @@ tell which class is right there, so the loss should not push either way.
 """
 import numpy as np
 
+from ..errors import AnnotationError, ConfigError
 from .transforms import segm_to_bitmap
 
 __all__ = ["semantic_from_instances", "IGNORE_LABEL"]
@@ -24,7 +25,7 @@ def semantic_from_instances(sample, h, w):
     polys = sample.get("gt_poly")
     classes = sample.get("gt_class")
     if polys is None or classes is None:
-        raise ValueError("semantic_from_instances: {} needs 'gt_poly' and 'gt_class' (add them to the "
+        raise ConfigError("semantic_from_instances: {} needs 'gt_poly' and 'gt_class' (add them to the "
                          "dataset's data_fields)".format(where))
     classes = np.asarray(classes).reshape(-1)
     crowd = sample.get("is_crowd")
@@ -43,7 +44,7 @@ def semantic_from_instances(sample, h, w):
             continue
         value = int(cls) + 1
         if not 1 <= value < IGNORE_LABEL:
-            raise ValueError("semantic_from_instances: {}: class {} does not fit a uint8 label map "
+            raise ConfigError("semantic_from_instances: {}: class {} does not fit a uint8 label map "
                              "(labels 0..253 are supported)".format(where, int(cls)))
         ambiguous |= mask & (label != 0) & (label != value)
         label[mask] = value
@@ -56,6 +57,6 @@ def semantic_from_instances(sample, h, w):
 def _bitmap(segm, h, w, where):
     mask = segm_to_bitmap(segm, h, w)
     if mask.shape != (h, w):
-        raise ValueError("semantic_from_instances: {}: a mask is {}x{} but the image is {}x{}".format(
+        raise AnnotationError("semantic_from_instances: {}: a mask is {}x{} but the image is {}x{}".format(
             where, mask.shape[0], mask.shape[1], h, w))
     return mask.astype(bool)

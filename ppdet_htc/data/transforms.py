@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
+from ..errors import ConfigError, ImageDecodeError
+
 __all__ = [
     "TRANSFORMS",
     "register_transform",
@@ -45,10 +47,6 @@ def register_transform(cls):
     return cls
 
 
-class ImageDecodeError(ValueError):
-    """An image file is missing or cannot be decoded; the message names the file."""
-
-
 def build_transforms(specs, where="reader"):
     """``[{'Decode': {}}, {'Resize': {...}}]`` -> list of transform objects (names/keys checked)."""
     import inspect
@@ -58,13 +56,13 @@ def build_transforms(specs, where="reader"):
     ops = []
     for spec in specs or []:
         if not isinstance(spec, dict) or len(spec) != 1:
-            raise ValueError("{}: each transform must be a one-key mapping like '- Resize: {{...}}', got {!r}".format(
+            raise ConfigError("{}: each transform must be a one-key mapping like '- Resize: {{...}}', got {!r}".format(
                 where, spec))
         (name, kwargs), = spec.items()
         kwargs = dict(kwargs or {})
         if name not in TRANSFORMS:
             hint = closest(name, TRANSFORMS)
-            raise ValueError("{}: unknown transform {!r}{}; available: {}".format(
+            raise ConfigError("{}: unknown transform {!r}{}; available: {}".format(
                 where, name, "; did you mean {}?".format(" / ".join(repr(h) for h in hint)) if hint else "",
                 ", ".join(sorted(TRANSFORMS))))
         cls = TRANSFORMS[name]
@@ -72,7 +70,7 @@ def build_transforms(specs, where="reader"):
         for k in kwargs:
             if k not in params:
                 hint = closest(k, params)
-                raise ValueError("{}: {!r} is not a parameter of transform {}{}; valid: {}".format(
+                raise ConfigError("{}: {!r} is not a parameter of transform {}{}; valid: {}".format(
                     where, k, name, "; did you mean {}?".format(" / ".join(repr(h) for h in hint)) if hint else "",
                     ", ".join(params)))
         ops.append(cls(**kwargs))
@@ -103,7 +101,10 @@ class Decode(object):
                 im = f.read()
         if isinstance(im, (bytes, bytearray)):
             data = np.frombuffer(im, dtype=np.uint8)
-            im = cv2.imdecode(data, 1) if data.size else None
+            try:
+                im = cv2.imdecode(data, 1) if data.size else None
+            except cv2.error:  # some malformed headers make OpenCV raise instead of returning None
+                im = None
             if im is None:
                 raise ImageDecodeError("cannot decode image (corrupt or not an image): {}".format(path))
             if self.to_rgb:
@@ -168,7 +169,7 @@ class Resize(object):
         if isinstance(target_size, numbers.Integral):
             target_size = [target_size, target_size]
         if not isinstance(target_size, (list, tuple)) or len(target_size) != 2:
-            raise ValueError("Resize.target_size must be an int or [h, w], got {!r}".format(target_size))
+            raise ConfigError("Resize.target_size must be an int or [h, w], got {!r}".format(target_size))
         self.target_size = list(target_size)
         self.keep_ratio = keep_ratio
         self.interp = interp
@@ -263,7 +264,7 @@ class RandomResize(object):
         if random_range:
             ok = ok and len(sizes) >= 2 and all(isinstance(t, (list, tuple)) for t in sizes)
         if not ok:
-            raise ValueError("RandomResize.target_size must be a list of [h, w] pairs{}, got {!r}".format(
+            raise ConfigError("RandomResize.target_size must be a list of [h, w] pairs{}, got {!r}".format(
                 " (at least two with random_range)" if random_range else " or ints", target_size))
         self.target_size = [list(t) if isinstance(t, (list, tuple)) else t for t in sizes]
         self.keep_ratio = keep_ratio
@@ -346,9 +347,9 @@ class NormalizeImage(object):
     def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), is_scale=True,
                  norm_type="mean_std", float32_arithmetic=False):
         if norm_type not in ("mean_std", "none"):
-            raise ValueError("NormalizeImage.norm_type must be 'mean_std' or 'none', got {!r}".format(norm_type))
+            raise ConfigError("NormalizeImage.norm_type must be 'mean_std' or 'none', got {!r}".format(norm_type))
         if norm_type == "mean_std" and any(s == 0 for s in std):
-            raise ValueError("NormalizeImage.std must not contain 0, got {}".format(list(std)))
+            raise ConfigError("NormalizeImage.std must not contain 0, got {}".format(list(std)))
         self.mean = list(mean)
         self.std = list(std)
         self.is_scale = is_scale

@@ -32,6 +32,7 @@ import re
 
 import numpy as np
 
+from ..errors import UsageError
 from .checkpoint import (
     CheckpointError,
     CheckpointMismatchError,
@@ -274,7 +275,7 @@ def convert_mmdet_checkpoint(src, config, out, overrides=None):
     out = os.fspath(out)
     for path in sources:
         if os.path.abspath(os.fspath(path)) == os.path.abspath(out):
-            raise ValueError("--out {} would overwrite the source file; choose another name".format(out))
+            raise UsageError("--out {} would overwrite the source file; choose another name".format(out))
     mmdet_state, meta = read_mmdet_weights(sources)
     specs = model_param_specs(config, overrides)
     label = " + ".join(os.fspath(p) for p in sources)

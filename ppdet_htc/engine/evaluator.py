@@ -6,6 +6,7 @@ import time
 import paddle
 from ..core import create
 from ..data.loader import build_reader
+from ..errors import ConfigError
 from ..metrics.coco_eval import COCOMetric
 from ..utils.progress import progress as progress_reporter
 from .model_builder import build_model, load_model_weights, select_device
@@ -25,7 +26,7 @@ def default_output_dir(cfg):
 
 def build_eval_dataset(cfg):
     if "EvalDataset" not in cfg:
-        raise KeyError("{}: the config has no EvalDataset".format(cfg.source_of("EvalDataset")))
+        raise ConfigError("{}: the config has no EvalDataset".format(cfg.source_of("EvalDataset")))
     dataset = create(cfg["EvalDataset"], cfg, where="EvalDataset in {}".format(cfg.source_of("EvalDataset")))
     dataset.check_files() if hasattr(dataset, "check_files") else None
     return dataset
@@ -43,19 +44,22 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     With ``world_size > 1`` (during distributed training) every process runs its share of the images at
     the same time and rank 0 gathers the results and scores them; other ranks return None.
     """
-    if model is None:
-        select_device(cfg, device)
-        model = build_model(cfg)
-        weights = weights or cfg.get("weights")
-        if not weights:
-            raise ValueError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
-        load_model_weights(model, weights)
+    # Everything about the data is checked before the model runs: the annotations (as the loader and as
+    # COCOeval will read them), the image files, the reader config. A bad file stops here, in seconds.
     if output_eval is None:
         output_eval = default_output_dir(cfg)
     dataset = build_eval_dataset(cfg)
     reader = build_reader(cfg, "eval", dataset=dataset, rank=rank, world_size=world_size)
+    image_root = dataset.get_image_root() if hasattr(dataset, "get_image_root") else None
     metric = COCOMetric(dataset.get_anno(), clsid2catid=dataset.clsid2catid, output_eval=output_eval,
-                        classwise=classwise)
+                        classwise=classwise, image_root=image_root)
+    if model is None:
+        weights = weights or cfg.get("weights")
+        if not weights:
+            raise ConfigError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
+        select_device(cfg, device)
+        model = build_model(cfg)
+        load_model_weights(model, weights)
     was_training = model.training
     model.eval()
     n_images = 0

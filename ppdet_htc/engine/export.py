@@ -15,6 +15,7 @@ import paddle
 import yaml
 
 from ..core import create
+from ..errors import ConfigError
 from .model_builder import build_model, label_info, load_model_weights, select_device
 
 __all__ = ["export_model", "infer_cfg_dict"]
@@ -58,7 +59,7 @@ def infer_cfg_dict(cfg, class_names, category_ids, draw_threshold=0.5):
         elif name == "Permute":
             steps.append({"type": "Permute"})
         else:
-            raise ValueError("export: TestReader transform {!r} has no deploy equivalent".format(name))
+            raise ConfigError("export: TestReader transform {!r} has no deploy equivalent".format(name))
     stride = 0
     for spec in reader.get("batch_transforms") or []:
         (name, kw), = spec.items()
@@ -82,7 +83,7 @@ def export_model(cfg, output_dir, weights=None, draw_threshold=0.5):
     model = build_model(cfg)
     weights = weights or cfg.get("weights")
     if not weights:
-        raise ValueError("export needs trained weights: pass -o weights=PATH|URL|model-zoo name")
+        raise ConfigError("export needs trained weights: pass -o weights=PATH|URL|model-zoo name")
     load_model_weights(model, weights)
     model.eval()
     dataset = create(cfg["TestDataset"]) if "TestDataset" in cfg else None

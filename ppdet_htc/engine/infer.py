@@ -3,11 +3,13 @@ import logging
 import os
 
 from ..metrics.coco_eval import detections_to_coco
+from ..errors import ImageDecodeError, ImagesFailedError, UsageError
 from ..utils.io import write_json_atomic
 from ..utils.progress import progress
 from ..utils.visualize import save_visualization
 
-__all__ = ["run_inference", "results_records", "dataset_image_ids", "list_image_files", "RESULTS_FILE"]
+__all__ = ["run_inference", "results_records", "dataset_image_ids", "list_image_files", "picture_paths",
+           "RESULTS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,38 +54,113 @@ def dataset_image_ids(dataset):
     return ids
 
 
+_PICTURE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+_DRAWN_SUFFIX = "_det"
+# A file that cannot be read as an image (or at all): skipped and reported, unless strict.
+_UNREADABLE = (ImageDecodeError, OSError)
+
+
+def _file_id(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def picture_paths(images, output_dir):
+    """Where the drawn picture of each input goes: ``output_dir/<input file name>``, unless that would replace
+    an input image (``output_dir`` is the input folder, a link to it, ...) or another picture of this run; then
+    ``<stem>_det<ext>`` (``_det2``, ... if taken). Returns ``(paths, renamed)``, ``renamed`` = [(input, output)].
+    """
+    input_ids = {i for i in (_file_id(p) for p in images) if i is not None}
+    input_paths = {os.path.normcase(os.path.realpath(p)) for p in images}
+    used = set()
+    paths, renamed = [], []
+    for image in images:
+        name = os.path.basename(image)
+        if os.path.splitext(name)[1].lower() not in _PICTURE_EXTENSIONS:
+            name += ".jpg"
+        stem, ext = os.path.splitext(name)
+        candidate, k = os.path.join(output_dir, name), 0
+        while True:
+            key = os.path.normcase(os.path.realpath(candidate))
+            clash = key in input_paths or key in used or (_file_id(candidate) in input_ids)
+            if k and not clash and os.path.exists(candidate):
+                clash = True  # a renamed picture never replaces any existing file
+            if not clash:
+                break
+            k += 1
+            candidate = os.path.join(output_dir, "{}{}{}{}".format(stem, _DRAWN_SUFFIX, "" if k == 1 else k, ext))
+        used.add(os.path.normcase(os.path.realpath(candidate)))
+        paths.append(candidate)
+        if k:
+            renamed.append((image, candidate))
+    return paths, renamed
+
+
+def _predict_chunk(detector, chunk, start, strict, failures):
+    """``[(index, path, det)]`` for the readable images of ``chunk``; unreadable ones go to ``failures``."""
+    try:
+        dets = detector.predict(list(chunk), batch_size=len(chunk))
+        return [(start + i, p, d) for i, (p, d) in enumerate(zip(chunk, dets))]
+    except _UNREADABLE as e:
+        if strict:
+            raise
+        error = e
+    out = []
+    for i, path in enumerate(chunk):  # find which images of the batch are unreadable
+        try:
+            det = detector.predict([path], batch_size=1)[0] if len(chunk) > 1 else None
+            if det is None:
+                raise error
+        except _UNREADABLE as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            logger.warning("skipped %s: %s", path, reason)
+            failures.append((path, reason))
+            continue
+        out.append((start + i, path, det))
+    return out
+
+
 def run_inference(detector, images, output_dir="output", draw_threshold=0.5, batch_size=1, save_images=True,
-                  image_ids=None):
+                  image_ids=None, strict=False):
     """Detect on ``images`` (paths) with a :class:`Detector`; write pictures and ``results.json``.
 
     ``image_ids`` maps file names to the ``image_id`` written in ``results.json`` (e.g. those of a COCO
     annotation file, see :func:`dataset_image_ids`); other images get ids after the largest known one
-    (0, 1, ... without a map). Returns ``(path of results.json, list of per-image detections)``.
+    (0, 1, ... without a map).
+    Inputs are never overwritten: see :func:`picture_paths`. An image that cannot be read is skipped (named
+    in a warning); the results of all the others are written, then :class:`ImagesFailedError` names the
+    skipped files. ``strict=True`` raises at the first unreadable image instead.
+    Returns ``(path of results.json, list of per-image detections)``.
     """
     import cv2
 
     os.makedirs(output_dir, exist_ok=True)
     image_ids = dict(image_ids or {})
     next_id = max(image_ids.values(), default=-1) + 1
+    pictures, renamed = picture_paths(images, output_dir) if save_images else ([None] * len(images), [])
+    if renamed:
+        logger.warning("--output_dir %s would replace %d input image(s); their drawn pictures are written as "
+                       "<name>%s<ext> instead (e.g. %s -> %s), the inputs stay untouched", output_dir, len(renamed),
+                       _DRAWN_SUFFIX, os.path.basename(renamed[0][0]), os.path.basename(renamed[0][1]))
     all_dets = []
     file_names = {}
+    failures = []
     bar = progress(total=len(images), desc="infer", unit="img")
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        dets = detector.predict(list(chunk), batch_size=len(chunk))
-        for i, (path, det) in enumerate(zip(chunk, dets)):
+        for index, path, det in _predict_chunk(detector, chunk, start, strict, failures):
             im_id = image_ids.get(os.path.basename(path))
-            if im_id is None:
+            if im_id is None or im_id in file_names:  # a second file of that name (another folder): a new id
                 im_id, next_id = next_id, next_id + 1
             det["im_id"] = im_id
-            file_names[det["im_id"]] = path
+            file_names[im_id] = path
             if save_images:
                 bgr = cv2.imread(path, cv2.IMREAD_COLOR)
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                out = os.path.join(output_dir, os.path.basename(path))
-                if os.path.splitext(out)[1].lower() not in (".jpg", ".jpeg", ".png", ".bmp"):
-                    out += ".jpg"
-                save_visualization(out, rgb, det["boxes"], det["scores"], det["labels"],
+                save_visualization(pictures[index], rgb, det["boxes"], det["scores"], det["labels"],
                                    masks=det["masks"], class_names=detector.class_names, threshold=draw_threshold)
             all_dets.append(det)
         bar.update(len(chunk))
@@ -93,7 +170,14 @@ def run_inference(detector, images, output_dir="output", draw_threshold=0.5, bat
     write_json_atomic(path, records)
     n = sum(int((d["scores"] >= draw_threshold).sum()) for d in all_dets)
     logger.info("%d images, %d detections (%d with score >= %.2f); pictures and %s in %s",
-                len(images), len(records), n, draw_threshold, RESULTS_FILE, output_dir)
+                len(all_dets), len(records), n, draw_threshold, RESULTS_FILE, output_dir)
+    if failures:
+        shown = ", ".join("{} ({})".format(p, r) for p, r in failures[:5])
+        more = " and {} more".format(len(failures) - 5) if len(failures) > 5 else ""
+        raise ImagesFailedError(
+            "{} of {} images could not be read and have no results: {}{}; the results of the other {} are in {} "
+            "(fix or remove the listed files, or use --strict to stop at the first one)".format(
+                len(failures), len(images), shown, more, len(all_dets), path), failures=failures, results_path=path)
     return path, all_dets
 
 
@@ -111,5 +195,5 @@ def list_image_files(infer_img=None, infer_dir=None):
             raise FileNotFoundError("--infer_dir: folder not found: {}".format(infer_dir))
         paths.extend(list_images([infer_dir]))
     if not paths:
-        raise ValueError("give --infer_img FILE or --infer_dir DIR")
+        raise UsageError("give --infer_img FILE or --infer_dir DIR")
     return list(dict.fromkeys(paths))

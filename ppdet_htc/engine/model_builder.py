@@ -4,6 +4,7 @@ import logging
 import paddle
 
 from ..core import create
+from ..errors import ConfigError
 from . import checkpoint
 
 __all__ = ["build_model", "select_device", "set_cpu_threads", "load_model_weights", "resolve_weights_file",
@@ -49,7 +50,7 @@ def set_cpu_threads(n=None):
 def build_model(cfg):
     """``create(cfg.architecture)`` with a clear error when the key is missing."""
     if "architecture" not in cfg:
-        raise KeyError("{}: the config has no 'architecture' key (e.g. architecture: HybridTaskCascade)".format(
+        raise ConfigError("{}: the config has no 'architecture' key (e.g. architecture: HybridTaskCascade)".format(
             cfg.source_of("architecture") if hasattr(cfg, "source_of") else "config"))
     return create(cfg["architecture"], cfg=cfg, where="architecture in {}".format(
         cfg.source_of("architecture") if hasattr(cfg, "source_of") else "config"))
@@ -79,8 +80,14 @@ def resolve_weights_file(spec, progress=True):
 
 
 def load_model_weights(model, spec, pretrain=False, progress=True):
-    """Resolve ``spec`` (path, URL or model-zoo name) and load it strictly, or leniently if ``pretrain``."""
-    path = resolve_weights_file(spec, progress=progress)
+    """Resolve ``spec`` (path, URL, model-zoo name or training snapshot) and load it strictly, or leniently if
+    ``pretrain``. A snapshot directory (``output/x/model_final``, also spelt ``output/x/model_final.pdparams``)
+    gives its verified model part."""
+    from .train_state import snapshot_model_file
+
+    path = snapshot_model_file(spec)
+    if path is None:
+        path = resolve_weights_file(spec, progress=progress)
     if pretrain:
         return checkpoint.load_pretrained(model, path)
     report = checkpoint.load_weights(model, path)
@@ -116,8 +123,6 @@ def label_info(cfg, dataset=None, weights=None):
     entry of ``weights`` (its ``label_list`` field), COCO's 80 classes when ``num_classes`` is 80, and
     finally ``class_0..class_{N-1}`` with a warning.
     """
-    from ..core import ConfigError
-
     num_classes = int(cfg.get("num_classes", 80))
     names = cfg.get("label_list")
     if names is not None:

@@ -11,6 +11,7 @@ import paddle
 from paddle.optimizer.lr import LRScheduler
 
 from ..core import register, serializable
+from ..errors import ConfigError
 
 __all__ = ["PiecewiseDecay", "LinearWarmup", "LearningRate", "OptimizerBuilder", "WarmupPiecewiseLR"]
 
@@ -28,7 +29,7 @@ class PiecewiseDecay(object):
         else:
             self.gamma = [float(gamma) / 10 ** i for i in range(len(milestones))]
         if len(self.gamma) != len(milestones):
-            raise ValueError("PiecewiseDecay: {} gamma values for {} milestones".format(len(self.gamma), len(milestones)))
+            raise ConfigError("PiecewiseDecay: {} gamma values for {} milestones".format(len(self.gamma), len(milestones)))
         self.milestones = [int(m) for m in milestones]
         self.values = list(values) if values is not None else None
         self.use_warmup = use_warmup
@@ -135,12 +136,12 @@ class OptimizerBuilder(object):
         if self.regularizer and self.regularizer != "None":
             kind = self.regularizer.get("type", "L2")
             if kind not in ("L1", "L2"):
-                raise ValueError("OptimizerBuilder.regularizer.type must be L1 or L2, got {!r}".format(kind))
+                raise ConfigError("OptimizerBuilder.regularizer.type must be L1 or L2, got {!r}".format(kind))
             decay = getattr(paddle.regularizer, kind + "Decay")(float(self.regularizer.get("factor", 0.0)))
         args = dict(self.optimizer)
         kind = args.pop("type", "Momentum")
         if not hasattr(paddle.optimizer, kind):
-            raise ValueError("OptimizerBuilder.optimizer.type {!r} is not a paddle.optimizer class".format(kind))
+            raise ConfigError("OptimizerBuilder.optimizer.type {!r} is not a paddle.optimizer class".format(kind))
         params = [p for p in model.parameters() if not p.stop_gradient]
         if kind in ("AdamW",):
             return getattr(paddle.optimizer, kind)(learning_rate=learning_rate, parameters=params,

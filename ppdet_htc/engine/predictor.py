@@ -8,6 +8,7 @@ from ..core import create, load_config
 from ..data.image_array import as_rgb_uint8
 from ..data.loader import collate
 from ..data.transforms import build_transforms
+from ..errors import ConfigError
 from .model_builder import build_model, label_info, load_model_weights, select_device
 from .outputs import split_outputs
 
@@ -30,7 +31,7 @@ class Detector(object):
         self.model.eval()
         weights = weights if weights is not None else cfg.get("weights")
         if not weights:
-            raise ValueError("no weights given: pass weights=... or set 'weights' in the config")
+            raise ConfigError("no weights given: pass weights=... or set 'weights' in the config")
         load_model_weights(self.model, weights)
         reader = cfg.get("TestReader") or {}
         self.sample_transforms = build_transforms(reader.get("sample_transforms"), "TestReader.sample_transforms")

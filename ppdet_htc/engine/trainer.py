@@ -3,6 +3,10 @@
 Reproducibility: the data order/augmentation is a function of (seed, epoch, index) (see the reader) and
 Paddle's RNG (RoI sampling) is re-seeded from (seed, global iteration, rank) at every iteration, so a
 run resumed from a snapshot continues with exactly the losses of an uninterrupted run.
+
+Faults: snapshots are all-or-nothing directories (``train_state``); the images are checked before the
+first step; NaN/inf losses stop training before ``backward`` and NaN/inf box deltas stop it before they
+reach a fused kernel that would abort the process (``finite_guard``); Ctrl-C saves a resumable snapshot.
 """
 import collections
 import datetime
@@ -16,21 +20,20 @@ import paddle
 
 from ..core import create
 from ..data.loader import build_reader
+from ..errors import NonFiniteLossError, TrainingInterrupted
 from ..utils.progress import progress_interval
 from . import distributed
+from .finite_guard import FiniteGuard, NonFiniteValues, any_rank
 from .model_builder import build_model, load_model_weights, select_device
-from .train_state import load_snapshot, save_snapshot, snapshot_paths
+from .train_state import (cleanup_stale_files, copy_snapshot, latest_complete_snapshot, load_snapshot,
+                          publish_weights, save_snapshot)
 
-__all__ = ["Trainer", "NonFiniteLossError"]
+__all__ = ["Trainer", "NonFiniteLossError", "TrainingInterrupted"]
 
 logger = logging.getLogger(__name__)
 
 # Layers whose shape depends on num_classes: a fine-tuning checkpoint with another class count skips them.
 CLASS_DEPENDENT = ("bbox_score_stage", "conv_logits")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN/inf; the message names the iteration and the last good snapshot."""
 
 
 class SmoothedValue(object):
@@ -77,6 +80,9 @@ class Trainer(object):
         distributed.convert_sync_bn_if_needed(cfg, self.world_size, self.device)
         self.model = build_model(cfg)
         self.reader = build_reader(cfg, "train", seed=self.seed, rank=self.rank, world_size=self.world_size)
+        check_files = getattr(self.reader.dataset, "check_files", None)
+        if check_files is not None:  # a missing image fails now, not in the middle of an epoch
+            check_files()
         self.steps_per_epoch = len(self.reader)
         total_bs = self.reader.batch_size * self.world_size
         lr_cfg = create("LearningRate", cfg)
@@ -91,8 +97,10 @@ class Trainer(object):
         self.optimizer = create("OptimizerBuilder", cfg)(self.scheduler, self.model)
 
         self.start_epoch, self.start_iter, self.global_iter, self.best_ap = 0, 0, 0, -1.0
+        self.resumed_from = None
         if resume:
             prog = load_snapshot(resume, self.model, self.optimizer)
+            self.resumed_from = resume
             self.start_epoch = int(prog.get("epoch", 0))
             self.start_iter = int(prog.get("iter_in_epoch", 0))
             self.global_iter = int(prog.get("global_iter", self.start_epoch * self.steps_per_epoch))
@@ -113,6 +121,9 @@ class Trainer(object):
                 self.scaler = paddle.amp.GradScaler(init_loss_scaling=1024)
         self.train_model = distributed.wrap(self.model, self.world_size, cfg)
         self.vdl = distributed.vdl_writer(use_vdl, vdl_log_dir, self.rank)
+        self.last_snapshot = None
+        if self.rank == 0:
+            cleanup_stale_files(self.output_dir)  # what a crash during a save left behind
 
     # ------------------------------------------------------------------------------------ weights
 
@@ -130,16 +141,31 @@ class Trainer(object):
         return {"epoch": epoch, "iter_in_epoch": iter_in_epoch, "global_iter": self.global_iter,
                 "best_ap": self.best_ap, "steps_per_epoch": self.steps_per_epoch, "seed": self.seed}
 
-    def save(self, name, epoch, iter_in_epoch):
-        """Rank 0 writes ``<output_dir>/<name>.pdparams/.pdopt`` atomically; returns the prefix."""
-        prefix = os.path.join(self.output_dir, name)
+    def save(self, name, epoch, iter_in_epoch, same_as=None):
+        """Rank 0 writes the snapshot directory ``<output_dir>/<name>`` (all or nothing); returns its path.
+
+        ``same_as``: a snapshot just written with the same state, published again under ``name`` (hard links).
+        """
+        directory = os.path.join(self.output_dir, name)
         distributed.broadcast_buffers(self.model, self.world_size)
         if self.rank == 0:
-            save_snapshot(prefix, self.model, self.optimizer, self._progress(epoch, iter_in_epoch))
-            logger.info("saved snapshot %s", snapshot_paths(prefix)[0])
+            if same_as is not None:
+                copy_snapshot(same_as, directory)
+            else:
+                save_snapshot(directory, self.model, self.optimizer, self._progress(epoch, iter_in_epoch))
+            logger.info("saved snapshot %s", directory)
         distributed.barrier(self.world_size)
-        self.last_snapshot = prefix
-        return prefix
+        self.last_snapshot = directory
+        return directory
+
+    def _last_good_snapshot(self):
+        """The snapshot a user can go back to: this run's last, else the newest complete one on disk."""
+        if self.last_snapshot:
+            return self.last_snapshot
+        found = latest_complete_snapshot(self.output_dir)
+        if found is not None:
+            return found[0]
+        return self.resumed_from
 
     # ------------------------------------------------------------------------------------ loop
 
@@ -147,16 +173,29 @@ class Trainer(object):
         return (self.seed * 1000003 + self.global_iter * 7919 + self.rank * 104729) % (2 ** 31 - 1)
 
     def _check_finite(self, losses, epoch, it):
+        """Loss values as floats; NaN/inf on any rank stops training (before ``backward`` touches the weights)."""
         values = {k: float(v) for k, v in losses.items()}
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-        if bad:
-            raise NonFiniteLossError(
-                "non-finite loss at epoch {} iteration {} (global iteration {}): {}. Training stopped; the last "
-                "good snapshot is {}. Lower the learning rate or enable gradient clipping "
-                "(OptimizerBuilder.clip_grad_by_norm).".format(
-                    epoch, it, self.global_iter, ", ".join("{}={}".format(k, v) for k, v in bad.items()),
-                    snapshot_paths(self.last_snapshot)[0] if self.last_snapshot else "none (nothing saved yet)"))
+        if any_rank(bool(bad), self.world_size):
+            what = ", ".join("{}={}".format(k, v) for k, v in bad.items()) or "in another process"
+            raise self._non_finite_error("non-finite loss at epoch {} iteration {} (global iteration {}): {}".format(
+                epoch, it, self.global_iter, what))
         return values
+
+    def _non_finite_error(self, what):
+        """The stop message: what happened, the last good snapshot, and a remedy that fits the config."""
+        snapshot = self._last_good_snapshot()
+        lr = self.scheduler.base_lr if hasattr(self.scheduler, "base_lr") else self.optimizer.get_lr()
+        clip = getattr(self.optimizer, "_grad_clip", None)
+        if clip is None:
+            remedy = ("lower the learning rate (LearningRate.base_lr is {:g}) or enable gradient clipping "
+                      "(e.g. -o OptimizerBuilder.clip_grad_by_norm=35)".format(lr))
+        else:
+            remedy = ("gradient clipping is already on ({}), so lower the learning rate (LearningRate.base_lr is {:g}) "
+                      "or check the images and annotations of this iteration".format(type(clip).__name__, lr))
+        return NonFiniteLossError("{}. Training stopped; the last good snapshot is {}. To continue, {}{}.".format(
+            what, snapshot or "none (nothing was saved yet)", remedy,
+            " and resume with -r {}".format(snapshot) if snapshot else ""))
 
     def train(self):
         """Run the schedule; returns the list of loss dicts (one per iteration, this rank's values).
@@ -164,9 +203,9 @@ class Trainer(object):
         Stops early (with a resumable ``last`` snapshot) at ``max_iters`` or on Ctrl-C; a second Ctrl-C
         aborts at once. Ctrl-C is acted on between iterations, so the snapshot is always consistent.
         """
-        self.last_snapshot = None
         self._stop_requested = False
         os.makedirs(self.output_dir, exist_ok=True)
+        guard = FiniteGuard(self.model, self.world_size)
         history = []
         total_iters = self.epochs * self.steps_per_epoch
         if self.max_iters is not None:
@@ -190,7 +229,14 @@ class Trainer(object):
                         return self._stop(history, epoch, it)
                     data_time = time.time() - t_data
                     paddle.seed(self._iteration_seed())
-                    values = self._check_finite(self._step(batch), epoch, it)
+                    guard.reset()
+                    try:
+                        values = self._step(batch, epoch, it)
+                    except NonFiniteValues as e:
+                        raise self._non_finite_error(
+                            "non-finite values (NaN/inf) in {} at epoch {} iteration {} (global iteration {}), "
+                            "before the losses: the weights have diverged".format(e.where, epoch, it, self.global_iter)
+                        ) from None
                     history.append(values)
                     for k, v in values.items():
                         meters[k].update(v)
@@ -206,40 +252,46 @@ class Trainer(object):
                     return self._stop(history, epoch + 1, 0)
             return history
         finally:
+            guard.remove()
             _restore_sigint(previous_handler)
             if self.vdl is not None:
                 self.vdl.close()
 
     def _stop(self, history, epoch, it):
-        prefix = self.save("last", epoch, it)
-        why = "interrupted" if self._stop_requested else "reached max_iters"
-        logger.warning("%s at global iteration %d; resume with -r %s", why, self.global_iter, prefix)
+        directory = self.save("last", epoch, it)
         if self._stop_requested:
-            raise KeyboardInterrupt("training interrupted; resumable snapshot {}".format(prefix))
+            raise TrainingInterrupted(
+                "training interrupted (Ctrl-C) at global iteration {}; the resumable snapshot is {}: continue with "
+                "-r {}".format(self.global_iter, directory, directory), snapshot=directory)
+        logger.warning("reached max_iters at global iteration %d; resume with -r %s", self.global_iter, directory)
         return history
 
-    def _step(self, batch):
+    def _step(self, batch, epoch, it):
+        """One optimisation step; returns the loss values (checked for NaN/inf before ``backward``)."""
         if self.amp:
             with paddle.amp.auto_cast(level="O1"):
                 losses = self.train_model(batch)
+            values = self._check_finite(losses, epoch, it)
             scaled = self.scaler.scale(losses["loss"])
             scaled.backward()
             self.scaler.minimize(self.optimizer, scaled)
         else:
             losses = self.train_model(batch)
+            values = self._check_finite(losses, epoch, it)
             losses["loss"].backward()
             self.optimizer.step()
         self.optimizer.clear_grad()
         self.scheduler.step()
-        return losses
+        return values
 
     def _end_of_epoch(self, epoch):
         last = epoch + 1 == self.epochs
         if not last and (epoch + 1) % self.snapshot_epoch != 0:
             return
-        self.save("model_final" if last else str(epoch), epoch + 1, 0)
-        if last:
-            self.save("last", epoch + 1, 0)
+        saved = self.save("model_final" if last else str(epoch), epoch + 1, 0)
+        if last and self.rank == 0:
+            publish_weights(saved, saved + ".pdparams")
+        self.save("last", epoch + 1, 0, same_as=saved)  # `last` is always the newest snapshot (hard links)
         if self.eval_each_snapshot:
             self._evaluate(epoch)
 
@@ -261,9 +313,10 @@ class Trainer(object):
                 self.vdl.add_scalar("eval/{}_AP".format(t), metrics[t]["AP"] * 100, self.global_iter)
         if ap >= self.best_ap:
             self.best_ap = ap
-            prefix = os.path.join(self.output_dir, "best_model")
-            save_snapshot(prefix, self.model, self.optimizer, self._progress(epoch + 1, 0))
-            logger.info("best bbox AP so far: %.2f (epoch %d) -> %s", ap * 100, epoch, snapshot_paths(prefix)[0])
+            directory = os.path.join(self.output_dir, "best_model")
+            save_snapshot(directory, self.model, self.optimizer, self._progress(epoch + 1, 0))
+            publish_weights(directory, directory + ".pdparams")
+            logger.info("best bbox AP so far: %.2f (epoch %d) -> %s", ap * 100, epoch, directory)
         distributed.barrier(self.world_size)
         return metrics
 
@@ -295,7 +348,10 @@ def _install_sigint(trainer):
 
     def handler(signum, frame):
         if trainer._stop_requested:
-            raise KeyboardInterrupt
+            snapshot = trainer._last_good_snapshot()
+            raise TrainingInterrupted("training aborted (second Ctrl-C) at global iteration {}; {}".format(
+                trainer.global_iter, "the last complete snapshot is {}: continue with -r {}".format(snapshot, snapshot)
+                if snapshot else "no snapshot was saved"), snapshot=snapshot)
         trainer._stop_requested = True
         logger.warning("Ctrl-C: stopping after this iteration and saving a snapshot (Ctrl-C again to abort)")
 

@@ -27,7 +27,6 @@ the predicted class plus a last ``background`` column (objects no detection foun
 import contextlib
 import copy
 import io
-import json
 import logging
 import os
 
@@ -35,7 +34,10 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..errors import ResultsFileError
 from ..utils.io import write_json_atomic
+from .coco_eval import _read_results
+from .coco_gt import load_ground_truth
 
 __all__ = ["ERROR_STEPS", "pr_curves", "error_breakdown", "confusion_matrix", "analyze_results", "load_gt"]
 
@@ -45,14 +47,16 @@ ERROR_STEPS = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 
 
-def load_gt(anno):
-    """A ``COCO`` object from a path or an already loaded one (pycocotools' chatter suppressed)."""
+def load_gt(anno, iou_type="bbox", image_root=None):
+    """A ``COCO`` object from a path or an already loaded one.
+
+    A path is read as evaluation reads it (``coco_gt.load_ground_truth``: the dataset loader's policy, so
+    degenerate polygons and the like are dropped, not a crash); ``iou_type`` picks its box or mask ground
+    truth, ``image_root`` lets missing image sizes be read from the images.
+    """
     if isinstance(anno, COCO):
         return anno
-    if not os.path.isfile(anno):
-        raise FileNotFoundError("COCO annotation file not found: {}".format(anno))
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(anno)
+    return load_ground_truth(anno, image_root=image_root, iou_types=(iou_type,)).coco(iou_type)
 
 
 def _coco_from_dataset(dataset):
@@ -83,7 +87,7 @@ def _run_eval(coco_gt, results, iou_type, iou_thrs, cat_ids=None):
 
 def _check_results(results, iou_type):
     if not isinstance(results, list):
-        raise ValueError("{} results must be a list of COCO result dicts".format(iou_type))
+        raise ResultsFileError("{} results must be a list of COCO result dicts".format(iou_type))
     return [r for r in results if "segmentation" in r] if iou_type == "segm" else results
 
 
@@ -105,7 +109,7 @@ def pr_curves(coco_gt, results, iou_type="bbox"):
     Returns ``{"recall": [R], "categories": [K names], "precision": {"0.50": [R, K], "0.75": ...,
     "0.50:0.95": ...}, "ap": {same keys: [K]}}``; precision is -1 where a class has no ground truth.
     """
-    coco_gt = load_gt(coco_gt)
+    coco_gt = load_gt(coco_gt, iou_type)
     results = _check_results(results, iou_type)
     cat_ids = sorted(coco_gt.getCatIds())
     out = _run_eval(coco_gt, results, iou_type, IOU_THRESHOLDS)
@@ -142,7 +146,7 @@ def error_breakdown(coco_gt, results, iou_type="bbox"):
     Returns ``{"recall": [R], "categories": [K], "steps": ERROR_STEPS, "precision": [7, R, K] (0 where a
     class has no ground truth), "ap": {step: [K]}, "mean_ap": {step: float}}``.
     """
-    coco_gt = load_gt(coco_gt)
+    coco_gt = load_gt(coco_gt, iou_type)
     results = _check_results(results, iou_type)
     cat_ids = sorted(coco_gt.getCatIds())
     k = len(cat_ids)
@@ -241,32 +245,32 @@ def _match(dets, gts, iou_thr):
     return gt_of
 
 
-def _read_json_list(path):
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, list):
-        raise ValueError("{} must hold a JSON list of COCO results".format(path))
-    return data
-
-
-def analyze_results(anno_path, bbox_json=None, mask_json=None, output_dir=".", score_thr=0.3, iou_thr=0.5):
+def analyze_results(anno_path, bbox_json=None, mask_json=None, output_dir=".", score_thr=0.3, iou_thr=0.5,
+                    image_root=None):
     """Write the analysis pictures (PNG) and ``analysis.json`` into ``output_dir``; return the written paths.
 
     Per result file: ``pr_curves_<type>.png`` (per class, IoU 0.50 / 0.75 / 0.50:0.95),
     ``error_breakdown_<type>.png`` (all classes) and ``error_breakdown_<type>_per_class.png``; from the boxes:
-    ``confusion_matrix.png`` (detections with score >= ``score_thr``, IoU >= ``iou_thr``).
+    ``confusion_matrix.png`` (detections with score >= ``score_thr``, IoU >= ``iou_thr``). The ground truth
+    is read as evaluation reads it (see :func:`load_gt`); unreadable result files are a ``ResultsFileError``.
     """
     from ..utils import plots
 
     if bbox_json is None and mask_json is None:
         raise ValueError("analyze_results needs bbox_json and/or mask_json")
-    coco_gt = load_gt(anno_path)
+    types = tuple(t for t, path in (("bbox", bbox_json), ("segm", mask_json)) if path is not None)
+    if isinstance(anno_path, COCO):
+        gts = {t: anno_path for t in types}
+    else:
+        gt = load_ground_truth(anno_path, image_root=image_root, iou_types=types)
+        gts = {t: gt.coco(t) for t in types}
     os.makedirs(output_dir, exist_ok=True)
     written, summary = [], {"score_thr": score_thr, "iou_thr": iou_thr}
     for iou_type, path in (("bbox", bbox_json), ("segm", mask_json)):
         if path is None:
             continue
-        results = _read_json_list(path)
+        coco_gt = gts[iou_type]
+        results = _read_results(path, "bbox" if iou_type == "bbox" else "mask")
         curves = pr_curves(coco_gt, results, iou_type)
         written.append(plots.plot_pr_curves(curves, os.path.join(output_dir, "pr_curves_{}.png".format(iou_type)),
                                             title="{} precision-recall per class".format(iou_type)))

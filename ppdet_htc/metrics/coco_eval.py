@@ -19,10 +19,11 @@ import os
 import cv2
 import numpy as np
 from pycocotools import mask as mask_util
-from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..errors import AnnotationError, ConfigError, ResultsFileError
 from ..utils.io import write_json_atomic
+from .coco_gt import load_ground_truth
 
 __all__ = [
     "STAT_NAMES",
@@ -118,7 +119,10 @@ def _category_ids(labels, mapping, im_id):
     unknown = sorted(set(np.unique(labels).tolist()) - set(mapping))
     if unknown:
         known = f"{min(mapping)}..{max(mapping)}" if mapping else "none"
-        raise ValueError(f"image {im_id}: label(s) {unknown} not in clsid2catid (known labels: {known})")
+        raise ConfigError(
+            f"image {im_id}: label(s) {unknown} not in clsid2catid (known labels: {known}): the model predicts "
+            f"classes the annotation file's categories do not have; set num_classes to the number of categories"
+        )
     return [mapping[label] for label in labels.tolist()]
 
 
@@ -184,13 +188,6 @@ def detections_to_coco(dets, clsid2catid):
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_coco(anno_path):
-    if not os.path.isfile(anno_path):
-        raise FileNotFoundError(f"COCO annotation file not found: {anno_path}")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' "loading annotations..." chatter
-        return COCO(anno_path)
-
-
 def _zero_stats():
     return {name: 0.0 for name in STAT_NAMES}
 
@@ -233,7 +230,7 @@ def evaluate_results(coco_gt, results, iou_type, classwise=False):
         return _zero_stats(), (_empty_classwise(coco_gt) if classwise else None)
     unknown_images = sorted({r["image_id"] for r in results} - set(coco_gt.getImgIds()))
     if unknown_images:
-        raise ValueError(
+        raise ResultsFileError(
             f"{iou_type} results reference image id(s) {unknown_images[:10]} that are not in the annotation file"
         )
     # pycocotools prints progress and its own summary; we print one table of our own instead.
@@ -248,11 +245,12 @@ def evaluate_results(coco_gt, results, iou_type, classwise=False):
     return stats, table
 
 
-def _evaluate_all(coco_gt, results_by_type, classwise):
-    """Evaluate each iou type; the dict layout is the one returned and written to metrics.json."""
+def _evaluate_all(gt, results_by_type, classwise):
+    """Evaluate each iou type against its ground truth (``gt.coco(iou_type)``, see ``coco_gt``); the dict
+    layout is the one returned and written to metrics.json."""
     metrics = {}
     for iou_type, results in results_by_type.items():
-        stats, table = evaluate_results(coco_gt, results, iou_type, classwise)
+        stats, table = evaluate_results(gt.coco(iou_type), results, iou_type, classwise)
         metrics[iou_type] = stats
         if table is not None:
             metrics[f"{iou_type}_classwise"] = table
@@ -303,13 +301,17 @@ class COCOMetric:
     annotation file are evaluated (pycocotools defaults), as in the reference.
     """
 
-    def __init__(self, anno_path, clsid2catid=None, output_eval=None, classwise=False, iou_types=("bbox", "segm")):
+    def __init__(self, anno_path, clsid2catid=None, output_eval=None, classwise=False, iou_types=("bbox", "segm"),
+                 image_root=None):
         iou_types = (iou_types,) if isinstance(iou_types, str) else tuple(iou_types)
         bad = [t for t in iou_types if t not in IOU_TYPES]
         if bad or not iou_types:
             raise ValueError(f"iou_types must be a non-empty subset of {IOU_TYPES}, got {iou_types!r}")
         self.anno_path = anno_path
-        self.coco_gt = _load_coco(anno_path)
+        # Read and checked now, before any inference: what cannot be read stops here, degenerate parts are
+        # dropped as the dataset loader drops them (``image_root`` lets missing image sizes be read).
+        self.gt = load_ground_truth(anno_path, image_root=image_root, iou_types=iou_types)
+        self.coco_gt = self.gt.coco(iou_types[0])
         self.clsid2catid = (
             build_clsid2catid(self.coco_gt) if clsid2catid is None else _normalise_clsid2catid(clsid2catid)
         )
@@ -336,8 +338,8 @@ class COCOMetric:
         if "segm" in self.iou_types and masks is not None and "height" in img and "width" in img:
             size = tuple(np.shape(masks)[1:])
             if len(size) == 2 and size != (img["height"], img["width"]):
-                raise ValueError(
-                    f"image {im_id}: masks are {size[0]}x{size[1]} but the image is "
+                raise AnnotationError(
+                    f"{self.anno_path}: image {im_id}: masks are {size[0]}x{size[1]} but the image is "
                     f"{img['height']}x{img['width']} (masks must be at the original image size)"
                 )
 
@@ -362,7 +364,7 @@ class COCOMetric:
             logger.info("%d %s results written to %s", len(self.results[iou_type]), iou_type, self.output_eval)
         # loadRes adds keys to the dicts it gets; evaluate copies so update() can continue afterwards.
         results_by_type = {t: [dict(r) for r in self.results[t]] for t in self.iou_types}
-        self.metrics = _evaluate_all(self.coco_gt, results_by_type, self.classwise)
+        self.metrics = _evaluate_all(self.gt, results_by_type, self.classwise)
         write_json_atomic(os.path.join(self.output_eval, "metrics.json"), self.metrics, indent=2)
         return self.metrics
 
@@ -385,9 +387,9 @@ def _read_results(path, kind):
         try:
             results = json.load(f)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{kind} result file {path} is not valid JSON: {err}") from None
+            raise ResultsFileError(f"{kind} result file {path} is not valid JSON: {err}") from None
     if not isinstance(results, list):
-        raise ValueError(f"{kind} result file {path} must hold a JSON list, got {type(results).__name__}")
+        raise ResultsFileError(f"{kind} result file {path} must hold a JSON list, got {type(results).__name__}")
     return results
 
 
@@ -404,8 +406,8 @@ def json_eval(anno_path, bbox_json=None, mask_json=None, output_eval=None, class
         results_by_type["bbox"] = _read_results(bbox_json, "bbox")
     if mask_json is not None:
         results_by_type["segm"] = _read_results(mask_json, "mask")
-    coco_gt = _load_coco(anno_path)
-    metrics = _evaluate_all(coco_gt, results_by_type, classwise)
+    gt = load_ground_truth(anno_path, iou_types=tuple(results_by_type))
+    metrics = _evaluate_all(gt, results_by_type, classwise)
     if output_eval is not None:
         write_json_atomic(os.path.join(output_eval, "metrics.json"), metrics, indent=2)
     return metrics
@@ -417,8 +419,8 @@ def gt_to_results(anno_path):
     Crowd annotations are skipped (COCOeval ignores crowd regions, so they are not objects to
     detect); annotations without a segmentation give no mask result.
     """
-    with contextlib.redirect_stdout(io.StringIO()):  # COCO() chatter is noise here
-        coco_gt = _load_coco(anno_path)
+    gt = load_ground_truth(anno_path)
+    coco_gt, coco_segm = gt.coco("bbox"), gt.coco("segm")
     bbox_results, mask_results = [], []
     for ann_id in sorted(coco_gt.anns):
         ann = coco_gt.anns[ann_id]
@@ -426,8 +428,8 @@ def gt_to_results(anno_path):
             continue
         common = {"image_id": ann["image_id"], "category_id": ann["category_id"]}
         bbox_results.append({**common, "bbox": [float(v) for v in ann["bbox"]], "score": 1.0})
-        if ann.get("segmentation"):
-            rle = coco_gt.annToRLE(ann)
+        if ann_id in coco_segm.anns:
+            rle = coco_segm.annToRLE(coco_segm.anns[ann_id])
             counts = rle["counts"]
             rle = {"size": [int(s) for s in rle["size"]],
                    "counts": counts.decode("utf-8") if isinstance(counts, bytes) else counts}

@@ -5,6 +5,7 @@ import paddle.nn as nn
 from paddle import ParamAttr
 from paddle.nn.initializer import Constant, KaimingNormal, KaimingUniform
 
+from ..errors import ConfigError
 from . import ops
 
 
@@ -88,7 +89,7 @@ class DeformableConvV1(nn.Layer):
                  deformable_groups=1, weight_attr=None, lr=1.0):
         super().__init__()
         if ch_in % groups or ch_out % groups:
-            raise ValueError("DeformableConvV1: channels {} -> {} are not divisible by groups={}".format(
+            raise ConfigError("DeformableConvV1: channels {} -> {} are not divisible by groups={}".format(
                 ch_in, ch_out, groups))
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups, self.deformable_groups = groups, deformable_groups

@@ -37,6 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from ..errors import ConfigError
 from ..version import __version__
 
 __all__ = [
@@ -143,7 +144,7 @@ def filename_from_url(url):
     """Return the URL's file name (last path component, query ignored)."""
     name = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path))
     if not name or name in (".", ".."):
-        raise ValueError(f"Cannot derive a file name from URL {url!r}; it must end with one.")
+        raise ConfigError(f"Cannot derive a file name from URL {url!r}; it must end with one.")
     return name
 
 
@@ -172,19 +173,20 @@ def download_timeouts(timeout=None):
         except ValueError:
             timeout = None
         if timeout is None or len(timeout) not in (1, 2):
-            raise ValueError(f"{source}: expected seconds, e.g. 30, or connect,read seconds, e.g. 5,60")
+            raise ConfigError(f"{source}: expected seconds, e.g. 30, or connect,read seconds, e.g. 5,60")
     pair = list(timeout) if isinstance(timeout, (tuple, list)) else [timeout]
     if len(pair) == 1:
         pair = pair * 2
     if len(pair) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in pair):
-        raise ValueError(f"{source}: timeouts must be positive seconds, got {timeout!r}")
+        error = ConfigError if source != "timeout argument" else ValueError  # the environment is the user's
+        raise error(f"{source}: timeouts must be positive seconds, got {timeout!r}")
     return float(pair[0]), float(pair[1])
 
 
 def _check_scheme(url):
     scheme = urllib.parse.urlparse(url).scheme.lower()
     if scheme not in ("http", "https"):
-        raise ValueError(f"Only http:// and https:// URLs can be downloaded, got {url!r}")
+        raise ConfigError(f"Only http:// and https:// URLs can be downloaded, got {url!r}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -39,6 +39,21 @@ def quiet_third_party(debug=False):
     return True
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is now (tools and tests replace it after the logger was set up)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logger(level=logging.INFO, log_file=None):
     """Configure the ``ppdet_htc`` logger (idempotent). Ranks > 0 only show warnings."""
     rank = int(os.environ.get("PADDLE_TRAINER_ID", os.environ.get("RANK", "0")) or 0)
@@ -49,7 +64,7 @@ def setup_logger(level=logging.INFO, log_file=None):
     logger.propagate = False
     fmt = logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S")
     if not any(getattr(h, "_ppdet_htc", False) for h in logger.handlers):
-        h = logging.StreamHandler(sys.stdout)
+        h = _StdoutHandler()
         h.setFormatter(fmt)
         h._ppdet_htc = True
         logger.addHandler(h)

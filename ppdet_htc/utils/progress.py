@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from ..errors import ConfigError
+
 __all__ = ["progress", "Progress", "LineProgress", "NullProgress", "progress_mode", "progress_interval",
            "format_duration", "MODE_ENV", "INTERVAL_ENV"]
 
@@ -33,7 +35,7 @@ def progress_mode():
     """The mode from ``$PPDET_HTC_PROGRESS`` (unknown values are an error naming the variable)."""
     mode = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
     if mode not in _MODES:
-        raise ValueError("${}={!r}: expected one of {}".format(MODE_ENV, mode, ", ".join(_MODES)))
+        raise ConfigError("${}={!r}: expected one of {}".format(MODE_ENV, mode, ", ".join(_MODES)))
     return mode
 
 
@@ -45,9 +47,9 @@ def progress_interval(default=DEFAULT_INTERVAL):
     try:
         seconds = float(value)
     except ValueError:
-        raise ValueError("${}={!r}: expected a number of seconds".format(INTERVAL_ENV, value)) from None
+        raise ConfigError("${}={!r}: expected a number of seconds".format(INTERVAL_ENV, value)) from None
     if seconds < 0:
-        raise ValueError("${}={!r}: must be >= 0".format(INTERVAL_ENV, value))
+        raise ConfigError("${}={!r}: must be >= 0".format(INTERVAL_ENV, value))
     return seconds
 
 

@@ -10,6 +10,8 @@ A log appended to by a resumed run is read as one run: a later line for the same
 """
 import re
 
+from ..errors import TrainingLogError
+
 __all__ = ["parse_train_log", "TrainLog"]
 
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"
@@ -61,7 +63,7 @@ def parse_train_log(path):
                 evals[int(m.group(2))] = {"epoch": int(m.group(2)), "iter": None, "bbox_ap": float(m.group(1)),
                                           "mask_ap": None}
     if not rows:
-        raise ValueError("{}: no training lines found (expected lines like 'epoch 0/12 iter 20/7329 (global 20) "
+        raise TrainingLogError("{}: no training lines found (expected lines like 'epoch 0/12 iter 20/7329 (global 20) "
                          "lr ... loss: ...')".format(path))
     iters = sorted(rows)
     names = []

@@ -176,3 +176,28 @@ def test_missing_config_says_where_it_looked(tmp_path, monkeypatch):
         load_config(user)
     assert "_BASE_ file '../nowhere/base.yml' not found; looked in: " in str(e.value)
     assert str(tmp_path.parent / "nowhere" / "base.yml") in str(e.value)
+
+
+def test_exponent_numbers_are_floats_in_files_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-4 as a string; configs and -o must read it as the number users mean."""
+    top = write(tmp_path / "n.yml", """
+        LearningRate: {base_lr: 1e-4}
+        a: 1e6
+        b: -1e-5
+        c: 1.5E+3
+        d: [2e-3, 1.5e3, .5e1]
+        e: '1e-4'
+        f: 10
+        g: 1.2.3
+    """)
+    cfg = load_config(top, validate=False)
+    assert cfg.LearningRate.base_lr == 1e-4 and isinstance(cfg.LearningRate.base_lr, float)
+    assert (cfg.a, cfg.b, cfg.c, cfg.d) == (1e6, -1e-5, 1500.0, [2e-3, 1500.0, 5.0])
+    assert all(isinstance(v, float) for v in (cfg.a, cfg.b, cfg.c))
+    assert cfg.e == "1e-4" and cfg.f == 10 and isinstance(cfg.f, int) and cfg.g == "1.2.3"  # quoted/ints/text stay
+    assert create("LearningRate", cfg).base_lr == 1e-4  # passes the float type check of the module
+    cfg = load_config(top, ["LearningRate.base_lr=2e-4", "a=1E6", "b=-1e-5", "c=1.5E+3", "d=[1e-4,3]", "h=1e"],
+                      validate=False)
+    assert cfg.LearningRate.base_lr == 2e-4 and isinstance(cfg.LearningRate.base_lr, float)
+    assert (cfg.a, cfg.b, cfg.c, cfg.d, cfg.h) == (1e6, -1e-5, 1500.0, [1e-4, 3], "1e")
+    assert create("LearningRate", cfg).base_lr == 2e-4

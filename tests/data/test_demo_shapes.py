@@ -301,9 +301,11 @@ def test_leftovers_of_a_killed_run_are_cleaned(tmp_path):
 
 
 def test_rejects_bad_parameters(tmp_path):
-    with pytest.raises(ValueError):
+    from ppdet_htc.errors import UsageError
+
+    with pytest.raises(UsageError):  # a user error: one line from ppdet-htc-demo-data
         ds.generate_demo_dataset(str(tmp_path / "a"), min_size=64, max_size=96, progress=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):
         ds.ensure_demo_dataset(str(tmp_path / "a"), min_size=300, max_size=290, progress=False)
     with pytest.raises(TypeError):
         ds.ensure_demo_dataset(str(tmp_path / "a"), num_trian=3)

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ppdet_htc.errors import ConfigError
 from ppdet_htc.data.transforms import (NormalizeImage, PadBatch, RandomFlip, RandomResize, Resize, SegRescale,
                                        build_transforms)
 
@@ -135,9 +136,9 @@ def test_random_choice_and_errors():
     op = RandomResize([[100, 200], [300, 400]], keep_ratio=False)
     seen = {tuple(op(_sample(50, 60), np.random.default_rng(i))["image"].shape[:2]) for i in range(20)}
     assert seen == {(100, 200), (300, 400)}
-    with pytest.raises(ValueError, match="at least two with random_range"):
+    with pytest.raises(ConfigError, match="at least two with random_range"):
         RandomResize([[400, 1600]], random_range=True)
-    with pytest.raises(ValueError, match="RandomResize.target_size"):
+    with pytest.raises(ConfigError, match="RandomResize.target_size"):
         RandomResize(800)
 
 

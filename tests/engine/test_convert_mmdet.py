@@ -21,6 +21,7 @@ from ppdet_htc.engine.convert_mmdet import (
     model_param_specs,
     read_mmdet_weights,
 )
+from ppdet_htc.errors import UsageError
 
 from ..conftest import REPO_ROOT
 from .pth_writer import write_pth
@@ -285,7 +286,7 @@ def test_key_in_two_source_files_and_overwriting_the_source_are_refused(tmp_path
     np.savez(b, **{"rpn_head.rpn_conv.bias": np.ones(2, np.float32)})
     with pytest.raises(CheckpointError, match="b.npz holds 'rpn_head.rpn_conv.bias', which .*a.npz holds too"):
         read_mmdet_weights([a, b])
-    with pytest.raises(ValueError, match="would overwrite the source"):
+    with pytest.raises(UsageError, match="would overwrite the source"):
         convert_mmdet_checkpoint(a, HTC_NOSEG, a)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         read_mmdet_weights(str(tmp_path / "missing.pth"))

@@ -130,3 +130,63 @@ def test_eval_with_redirected_output_shows_periodic_progress_and_writes_to_outpu
     for name in ("pr_curves_bbox.png", "pr_curves_segm.png", "error_breakdown_bbox.png", "confusion_matrix.png"):
         data = (out_dir / "plots" / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+
+
+def _copy_set(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.yml"))
+    return dst
+
+
+def _edit_annotations(root, edit):
+    path = os.path.join(root, "annotations", "instances_val.json")
+    data = json.load(open(path))
+    edit(data)
+    json.dump(data, open(path, "w"))
+
+
+def test_degenerate_ground_truth_evaluates_to_the_end(same_size_set, tmp_path, capsys):
+    """Polygons pycocotools cannot rasterise used to crash COCOeval after the full inference pass."""
+    root = _copy_set(same_size_set, str(tmp_path / "degenerate"))
+
+    def add_degenerate(data):
+        anns = data["annotations"]
+        next_id = max(a["id"] for a in anns) + 1
+        first = anns[0]
+        for k, segm in enumerate(([[10, 10, 40, 40]], [], [[]], [[5, 5]])):  # < 3 points, empty
+            anns.append(dict(first, id=next_id + k, segmentation=segm))
+        anns[1].pop("area")
+        anns[2].pop("iscrowd")
+
+    _edit_annotations(root, add_degenerate)
+    clean = evaluate(demo_eval_cfg(same_size_set, 2), output_eval=str(tmp_path / "clean"), progress=False)
+    out = str(tmp_path / "ev")
+    metrics = eval_main(["-c", coco_config(root), "--output_eval", out, "-o", "worker_num=0",
+                         "EvalReader.batch_size=2"])
+    assert metrics["segm"] == clean["segm"]  # degenerate polygons dropped, missing fields filled in
+    assert 0 < metrics["bbox"]["AP"] <= clean["bbox"]["AP"]  # their boxes are real objects for the box AP
+    assert json.load(open(os.path.join(out, "metrics.json")))["segm"] == clean["segm"]
+
+
+def test_unreadable_ground_truth_stops_before_the_model_runs(same_size_set, tmp_path, monkeypatch, capsys):
+    root = _copy_set(same_size_set, str(tmp_path / "strings"))
+
+    def string_category_ids(data):  # the loader maps them; COCOeval needs integers
+        for c in data["categories"]:
+            c["id"] = str(c["id"])
+        for a in data["annotations"]:
+            a["category_id"] = str(a["category_id"])
+
+    _edit_annotations(root, string_category_ids)
+    import ppdet_htc.engine.evaluator as evaluator_module
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built although the ground truth is unusable")
+
+    monkeypatch.setattr(evaluator_module, "build_model", no_model)
+    with pytest.raises(SystemExit) as e:
+        eval_main(["-c", coco_config(root), "-o", "worker_num=0"])
+    assert e.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert "instances_val.json" in line and "category id '1' must be an integer" in line

@@ -12,7 +12,6 @@ import paddle
 import pytest
 
 from ppdet_htc.core import load_config
-from ppdet_htc.data.demo_shapes import generate_demo_dataset
 from ppdet_htc.engine.checkpoint import load_state_file, save_state_file
 from ppdet_htc.engine.model_builder import build_model
 from ppdet_htc.engine.optimizer import LearningRate, LinearWarmup, PiecewiseDecay
@@ -20,13 +19,6 @@ from ppdet_htc.engine.trainer import NonFiniteLossError, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "tests", "fixtures", "htc_tiny.yml")
-
-
-@pytest.fixture(scope="module")
-def shapes_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes") / "demo"
-    generate_demo_dataset(str(root), num_train=12, num_val=4, seed=7, progress=False)
-    return str(root)
 
 
 def train_overrides(root, **extra):
@@ -70,7 +62,7 @@ def test_resume_continues_with_identical_losses(shapes_root, tmp_path):
     first = Trainer(make_cfg(shapes_root, tmp_path / "b"), max_iters=5, seed=3, progress=False)
     part1 = first.train()
     last = os.path.join(first.output_dir, "last")
-    assert os.path.isfile(last + ".pdparams") and os.path.isfile(last + ".pdopt")
+    assert os.path.isfile(os.path.join(last, "snapshot.json"))
     resumed = Trainer(make_cfg(shapes_root, tmp_path / "b"), resume=last, max_iters=8, seed=3, progress=False)
     assert (resumed.start_epoch, resumed.start_iter, resumed.global_iter) == (0, 5, 5)
     part2 = resumed.train()
@@ -84,22 +76,39 @@ def test_resume_continues_with_identical_losses(shapes_root, tmp_path):
 def test_epoch_snapshots_and_final_model(shapes_root, tmp_path):
     cfg = make_cfg(shapes_root, tmp_path, {"epoch": 2, "snapshot_epoch": 1})
     tr = Trainer(cfg, seed=1, progress=False)
+    seen = []
+    end_of_epoch = tr._end_of_epoch
+
+    def record(epoch):
+        end_of_epoch(epoch)
+        with open(os.path.join(tr.output_dir, "last", "snapshot.json")) as f:
+            seen.append(json.load(f)["progress"]["epoch"])
+
+    tr._end_of_epoch = record
     hist = tr.train()
     assert len(hist) == 2 * tr.steps_per_epoch
+    assert seen == [1, 2]  # `last` follows every snapshot, so a killed run resumes from the newest one
     names = sorted(os.listdir(tr.output_dir))
-    for f in ("0.pdparams", "0.pdopt", "model_final.pdparams", "model_final.pdopt", "last.pdparams"):
-        assert f in names
-    assert not [n for n in names if ".tmp" in n]  # atomic writes leave no temp files
-    model = build_model(cfg)
-    from ppdet_htc.engine.checkpoint import load_weights
+    for name in ("0", "model_final", "last"):
+        assert name in names
+        files = sorted(os.listdir(os.path.join(tr.output_dir, name)))
+        assert len(files) == 3 and "snapshot.json" in files, files  # model, optimizer, manifest; no temp files
+    assert not [n for n in names if ".tmp" in n]
+    from ppdet_htc.engine.model_builder import load_model_weights
 
-    load_weights(model, os.path.join(tr.output_dir, "model_final.pdparams"))  # strict load works
+    final = os.path.join(tr.output_dir, "model_final")
+    assert "model_final.pdparams" in names and "0.pdparams" not in names  # plain weights file for other tools
+    for spec in (final, final + ".pdparams", final + "/"):  # weights=output/x/model_final works as before
+        model = build_model(cfg)
+        load_model_weights(model, spec)  # strict load of the snapshot's model part
+        for k, v in tr.model.state_dict().items():
+            np.testing.assert_array_equal(model.state_dict()[k].numpy(), v.numpy(), err_msg=k)
 
 
 def test_non_finite_loss_stops_with_a_clear_message(shapes_root, tmp_path):
     tr = Trainer(make_cfg(shapes_root, tmp_path, {"epoch": 2, "snapshot_epoch": 1}), seed=1, progress=False)
     calls = {"n": 0}
-    original = tr._step
+    original = tr.train_model.forward
 
     def poisoned(batch):
         losses = original(batch)
@@ -108,12 +117,24 @@ def test_non_finite_loss_stops_with_a_clear_message(shapes_root, tmp_path):
             losses["loss_rpn_cls"] = paddle.to_tensor(float("nan"))
         return losses
 
-    tr._step = poisoned
+    tr.train_model.forward = poisoned
+    before = {k: v.numpy().copy() for k, v in tr.model.state_dict().items()}
     with pytest.raises(NonFiniteLossError) as e:
         tr.train()
     msg = str(e.value)
     assert "loss_rpn_cls=nan" in msg and "epoch 1 iteration 0" in msg
-    assert "0.pdparams" in msg  # names the last good snapshot
+    assert "the last good snapshot is {}".format(os.path.join(tr.output_dir, "last")) in msg  # (= epoch 0's)
+    assert "clip_grad_by_norm" in msg  # clipping is off: suggest it
+    # The check runs before backward: the parameters in memory are those of the last good step (= snapshot 0;
+    # only BatchNorm statistics moved in the poisoned forward pass).
+    import glob
+
+    saved = load_state_file(glob.glob(os.path.join(tr.output_dir, "0", "model-*.pdparams"))[0])
+    trained = [(k, v) for k, v in tr.model.named_parameters() if not v.stop_gradient]
+    assert len(trained) > 50
+    for k, v in trained:
+        np.testing.assert_array_equal(v.numpy(), saved[k], err_msg=k)
+    assert any(not np.array_equal(before[k], saved[k]) for k in saved)
 
 
 def _three_class_annotations(root, out_path):
@@ -193,7 +214,7 @@ def test_two_process_training_keeps_ranks_identical(shapes_root, tmp_path):
         np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
     moved = [k for k in w0 if not np.array_equal(w0[k], init[k])]
     assert len(moved) > 0.5 * len(w0)  # the ranks trained, and stayed identical
-    assert os.path.isfile(out / "last.pdparams")  # rank 0 wrote the snapshot
+    assert os.path.isfile(out / "last" / "snapshot.json")  # rank 0 wrote the snapshot
 
 
 def test_ctrl_c_saves_a_resumable_snapshot(shapes_root, tmp_path):
@@ -217,8 +238,9 @@ def test_ctrl_c_saves_a_resumable_snapshot(shapes_root, tmp_path):
             break
     rest, _ = proc.communicate(timeout=300)
     text = "".join(lines) + rest
-    assert proc.returncode != 0, text
-    assert "interrupted" in text and os.path.isfile(out / "last.pdparams") and os.path.isfile(out / "last.pdopt"), text
+    assert proc.returncode == 2, text
+    assert "interrupted" in text and os.path.isfile(out / "last" / "snapshot.json"), text
+    assert "-r {}".format(out / "last") in text  # says where the resumable snapshot is
     cfg = load_config(str(cfg_path))
     tr = Trainer(cfg, resume=str(out / "last"), max_iters=None, output_dir=str(out), progress=False)
     assert tr.global_iter >= 3
@@ -253,3 +275,27 @@ def test_slow_iterations_still_log_progress(shapes_root, tmp_path, monkeypatch, 
         Trainer(cfg, max_iters=3, seed=1, progress=False).train()
     lines = [r.getMessage() for r in caplog.records if "(global " in r.getMessage()]
     assert len(lines) == 3 and all("eta" in ln for ln in lines)
+
+
+def test_missing_image_fails_before_the_first_step(shapes_root, tmp_path, capsys):
+    """Training checks its images up front (as evaluation does): seconds, not the middle of an epoch."""
+    import shutil
+
+    from ppdet_htc.cli import train_main
+
+    root = str(tmp_path / "copy")
+    shutil.copytree(shapes_root, root)
+    victim = sorted(os.listdir(os.path.join(root, "train")))[-1]
+    os.remove(os.path.join(root, "train", victim))
+    cfg_path = tmp_path / "cfg.yml"
+    import yaml
+
+    cfg_path.write_text("_BASE_: ['{}']\n".format(TINY) + yaml.safe_dump(train_overrides(root)))
+    started = time.time()
+    with pytest.raises(SystemExit) as e:
+        train_main(["-c", str(cfg_path), "--output_dir", str(tmp_path / "out")])
+    assert e.value.code == 2 and time.time() - started < 60
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert victim in line and "1 of the files" in line
+    assert "(global " not in open(tmp_path / "out" / "train.log").read()  # no training step ran
+    assert line[len("error: "):] in open(tmp_path / "out" / "train.log").read()

@@ -110,3 +110,43 @@ def test_analyze_results_writes_valid_pictures(toy, tmp_path):
     assert summary["confusion_matrix"]["counts"][0][0] == 2
     with pytest.raises(ValueError, match="bbox_json and/or mask_json"):
         analyze_results(anno, None, None, str(tmp_path / "x"))
+
+
+def test_degenerate_ground_truth_is_read_as_evaluation_reads_it(toy, tmp_path):
+    """`eval.py --plot` after an evaluation that dropped degenerate polygons must not crash in pycocotools:
+    the pictures use the same ground truth as the metrics (coco_gt.load_ground_truth)."""
+    anno, results = toy
+    gt = json.load(open(anno))
+    first = gt["annotations"][0]
+    for k, segm in enumerate(([[10, 10, 40, 40]], [], [[]])):  # < 3 points, empty: pycocotools cannot rasterise
+        gt["annotations"].append(dict(first, id=100 + k, bbox=[60 + 5 * k, 150, 20, 20], area=400.0,
+                                      segmentation=segm))
+    degenerate = tmp_path / "degenerate.json"
+    degenerate.write_text(json.dumps(gt))
+    masks = [dict(r, segmentation=_ann(0, 1, r["bbox"])["segmentation"]) for r in results]
+    from pycocotools import mask as mask_util
+
+    for r in masks:
+        rle = mask_util.frPyObjects(r["segmentation"], 200, 200)[0]
+        r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+    (tmp_path / "mask.json").write_text(json.dumps(masks))
+    clean = error_breakdown(anno, masks, "segm")
+    broken = error_breakdown(str(degenerate), masks, "segm")
+    for s in ERROR_STEPS:  # the degenerate masks are dropped for mask AP, as evaluation drops them
+        np.testing.assert_allclose(broken["ap"][s], clean["ap"][s])
+    written = analyze_results(str(degenerate), None, str(tmp_path / "mask.json"), str(tmp_path / "plots"))
+    assert any(p.endswith("pr_curves_segm.png") for p in written)
+    # their boxes are real objects: the box analysis counts them (3 more objects of class A)
+    assert pr_curves(str(degenerate), results, "bbox")["ap"]["0.50"][0] < pr_curves(anno, results, "bbox")["ap"]["0.50"][0]
+
+
+def test_unreadable_results_file_is_a_user_error(toy, tmp_path):
+    from ppdet_htc.errors import ResultsFileError
+
+    anno, _ = toy
+    (tmp_path / "bbox.json").write_text("{not json")
+    with pytest.raises(ResultsFileError, match="bbox.json"):
+        analyze_results(anno, str(tmp_path / "bbox.json"), None, str(tmp_path / "plots"))
+    (tmp_path / "bbox.json").write_text(json.dumps({"a": 1}))
+    with pytest.raises(ResultsFileError, match="JSON list"):
+        analyze_results(anno, str(tmp_path / "bbox.json"), None, str(tmp_path / "plots"))

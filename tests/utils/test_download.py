@@ -19,6 +19,7 @@ import urllib.error
 import numpy as np
 import pytest
 
+from ppdet_htc.errors import ConfigError
 from ppdet_htc.utils.download import ChecksumError, DownloadError, download
 
 # import_module returns the module even if ppdet_htc.utils re-exports a function named download
@@ -274,9 +275,9 @@ def test_dest_dir_wins_over_env_var(server, tmp_path, monkeypatch):
 
 
 def test_only_http_urls(tmp_path):
-    with pytest.raises(ValueError, match="ftp://example.com/x.pdparams"):
+    with pytest.raises(ConfigError, match="ftp://example.com/x.pdparams"):
         download("ftp://example.com/x.pdparams", dest_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="file name"):
+    with pytest.raises(ConfigError, match="file name"):
         download("http://example.com/", dest_dir=str(tmp_path))
 
 
@@ -754,7 +755,7 @@ def test_timeout_env_var(monkeypatch, value, expected):
 @pytest.mark.parametrize("value", ["soon", "1,2,3", "0", "-5", "1,"])
 def test_bad_timeout_env_var_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv("PPDET_HTC_DOWNLOAD_TIMEOUT", value)
-    with pytest.raises(ValueError, match="PPDET_HTC_DOWNLOAD_TIMEOUT"):
+    with pytest.raises(ConfigError, match="PPDET_HTC_DOWNLOAD_TIMEOUT"):
         dl.download_timeouts()
 
 
@@ -781,29 +782,24 @@ def test_stall_in_the_middle_of_the_body_is_resumed(server, tmp_path, monkeypatc
     assert [r["range"] for r in server.requests("stall.pdparams")] == [None, "bytes={}-".format(CHUNK)]
 
 
-def test_cli_reports_a_failed_download_in_one_line_with_exit_code_2(tmp_path, monkeypatch):
-    import logging
-
+def test_cli_reports_a_failed_download_in_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys):
+    """The CLI's user-error channel (cli.report_error): exactly one ``error: ...`` line on stderr, no traceback."""
     import cv2
 
     from ppdet_htc.cli import infer_main
     from tests.conftest import REPO_ROOT
 
     monkeypatch.setenv("PPDET_HTC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PPDET_HTC_DEBUG", raising=False)
     image = str(tmp_path / "img.png")
     cv2.imwrite(image, np.zeros((32, 32, 3), np.uint8))
     url = "http://127.0.0.1:{}/weights/model_final.pdparams".format(closed_port())
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger("ppdet_htc").addHandler(handler)
-    try:
-        with pytest.raises(SystemExit) as info:
-            infer_main(["-c", os.path.join(REPO_ROOT, "tests", "fixtures", "htc_tiny.yml"), "-o", "weights=" + url,
-                        "--infer_img", image, "--output_dir", str(tmp_path / "out")])
-    finally:
-        logging.getLogger("ppdet_htc").removeHandler(handler)
+    with pytest.raises(SystemExit) as info:
+        infer_main(["-c", os.path.join(REPO_ROOT, "tests", "fixtures", "htc_tiny.yml"), "-o", "weights=" + url,
+                    "--infer_img", image, "--output_dir", str(tmp_path / "out")])
     assert info.value.code == 2
-    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].startswith("DownloadError: Could not download " + url)
-    assert "\n" not in errors[0] and dl.cache_path_for_url(url, str(tmp_path / "home" / "weights")) in errors[0]
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: Could not download " + url), err
+    assert dl.cache_path_for_url(url, str(tmp_path / "home" / "weights")) in errors[0]
+    assert "Traceback" not in err

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from ppdet_htc.errors import ConfigError
 from ppdet_htc.utils import progress as progress_mod
 from ppdet_htc.utils.progress import LineProgress, NullProgress, Progress, format_duration, progress
 
@@ -63,13 +64,13 @@ def test_progress_picks_lines_off_a_terminal_and_respects_the_environment(monkey
     assert isinstance(bar, Progress)
     bar.close()
     monkeypatch.setenv(progress_mod.MODE_ENV, "sometimes")
-    with pytest.raises(ValueError, match="PPDET_HTC_PROGRESS"):
+    with pytest.raises(ConfigError, match="PPDET_HTC_PROGRESS"):  # a user error: one line from the CLI
         progress(total=3)
     monkeypatch.setenv(progress_mod.MODE_ENV, "lines")
     monkeypatch.setenv(progress_mod.INTERVAL_ENV, "2.5")
     assert progress(total=3).interval == 2.5
     monkeypatch.setenv(progress_mod.INTERVAL_ENV, "soon")
-    with pytest.raises(ValueError, match="PPDET_HTC_PROGRESS_INTERVAL"):
+    with pytest.raises(ConfigError, match="PPDET_HTC_PROGRESS_INTERVAL"):
         progress(total=3)
 
 

@@ -4,6 +4,7 @@ import os
 import cv2
 import pytest
 
+from ppdet_htc.errors import TrainingLogError
 from ppdet_htc.utils.plots import plot_training_log
 from ppdet_htc.utils.train_log import parse_train_log
 
@@ -55,5 +56,5 @@ def test_demo_log_curves_are_written(tmp_path):
 def test_a_log_without_training_lines_is_a_clear_error(tmp_path):
     path = tmp_path / "empty.log"
     path.write_text("[01/01 00:00:00] ppdet_htc INFO: nothing yet\n")
-    with pytest.raises(ValueError, match="no training lines"):
+    with pytest.raises(TrainingLogError, match="no training lines"):  # a user error: one line from the CLI
         parse_train_log(str(path))

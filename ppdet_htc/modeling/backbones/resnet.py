@@ -19,6 +19,7 @@ from paddle.nn.initializer import KaimingNormal
 from paddle.regularizer import L2Decay
 
 from ...core import register
+from ...errors import ConfigError
 from ..layers import DeformableConvV1, add, inference, relu
 from ..shape_spec import ShapeSpec
 
@@ -41,7 +42,7 @@ class ConvNormLayer(nn.Layer):
                  norm_decay=0.0, freeze_norm=True, lr=1.0, norm_eval=False, dcn_v1=False):
         super().__init__()
         if norm_type not in ("bn", "sync_bn"):
-            raise ValueError("ResNet.norm_type must be 'bn' or 'sync_bn', got {!r}".format(norm_type))
+            raise ConfigError("ResNet.norm_type must be 'bn' or 'sync_bn', got {!r}".format(norm_type))
         self.act = act
         weight_attr = ParamAttr(learning_rate=lr, initializer=KaimingNormal())
         padding = (filter_size - 1) // 2
@@ -104,9 +105,9 @@ class BasicBlock(nn.Layer):
                  **norm):
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise ValueError("ResNet depth 18/34 supports only groups=1 and base_width=64")
+            raise ConfigError("ResNet depth 18/34 supports only groups=1 and base_width=64")
         if dcn_v1:
-            raise ValueError("ResNet.dcn_v1_stages needs depth >= 50 (bottleneck blocks), as in mmdetection")
+            raise ConfigError("ResNet.dcn_v1_stages needs depth >= 50 (bottleneck blocks), as in mmdetection")
         self.shortcut = shortcut
         if not shortcut:
             self.short = _shortcut(ch_in, ch_out, stride, variant, **norm)
@@ -170,31 +171,31 @@ class ResNet(nn.Layer):
     ):
         super().__init__()
         if depth not in BLOCKS_PER_DEPTH:
-            raise ValueError("ResNet.depth must be one of {}, got {}".format(sorted(BLOCKS_PER_DEPTH), depth))
+            raise ConfigError("ResNet.depth must be one of {}, got {}".format(sorted(BLOCKS_PER_DEPTH), depth))
         if variant not in ("a", "b", "c", "d"):
-            raise ValueError("ResNet.variant must be one of a, b, c, d; got {!r}".format(variant))
+            raise ConfigError("ResNet.variant must be one of a, b, c, d; got {!r}".format(variant))
         if not 1 <= num_stages <= 4:
-            raise ValueError("ResNet.num_stages must be in 1..4, got {}".format(num_stages))
+            raise ConfigError("ResNet.num_stages must be in 1..4, got {}".format(num_stages))
         if list(dcn_v2_stages) not in ([-1], []):
-            raise ValueError("ResNet.dcn_v2_stages {}: modulated deformable convolution (DCNv2) is not supported, "
+            raise ConfigError("ResNet.dcn_v2_stages {}: modulated deformable convolution (DCNv2) is not supported, "
                              "use [-1] (mmdetection's DCN is v1: ResNet.dcn_v1_stages)".format(list(dcn_v2_stages)))
         dcn_v1_stages = [] if list(dcn_v1_stages) in ([-1], []) else list(dcn_v1_stages)
         if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_stages for i in dcn_v1_stages):
-            raise ValueError("ResNet.dcn_v1_stages {} must list stage indices 0..{} (0 = res2) or be [-1]".format(
+            raise ConfigError("ResNet.dcn_v1_stages {} must list stage indices 0..{} (0 = res2) or be [-1]".format(
                 dcn_v1_stages, num_stages - 1))
         if norm_eval and freeze_norm:
-            raise ValueError("ResNet.norm_eval: true needs freeze_norm: false (freeze_norm already fixes the "
+            raise ConfigError("ResNet.norm_eval: true needs freeze_norm: false (freeze_norm already fixes the "
                              "statistics and also freezes the BN weights)")
         if std_senet:
-            raise ValueError("ResNet.std_senet is not supported")
+            raise ConfigError("ResNet.std_senet is not supported")
         return_idx = [int(i) for i in return_idx]
         if any(i < 0 or i >= num_stages for i in return_idx):
-            raise ValueError("ResNet.return_idx {} must index stages 0..{}".format(return_idx, num_stages - 1))
+            raise ConfigError("ResNet.return_idx {} must index stages 0..{}".format(return_idx, num_stages - 1))
         if len(lr_mult_list) != 4:
-            raise ValueError("ResNet.lr_mult_list needs 4 values, got {}".format(list(lr_mult_list)))
+            raise ConfigError("ResNet.lr_mult_list needs 4 values, got {}".format(list(lr_mult_list)))
         ch_out_list = list(ch_out_list) if ch_out_list is not None else [64, 128, 256, 512]
         if len(ch_out_list) != 4:
-            raise ValueError("ResNet.ch_out_list needs 4 values, got {}".format(ch_out_list))
+            raise ConfigError("ResNet.ch_out_list needs 4 values, got {}".format(ch_out_list))
         self.depth = depth
         self.variant = variant
         self.return_idx = return_idx

@@ -8,6 +8,7 @@ from paddle.nn.initializer import Constant, XavierUniform
 
 
 from ...core import register
+from ...errors import ConfigError
 from ..layers import add, inference, upsample_nearest_2x
 from ..shape_spec import ShapeSpec
 
@@ -39,9 +40,9 @@ class FPN(nn.Layer):
     ):
         super().__init__()
         if norm_type is not None:
-            raise ValueError("FPN.norm_type: normalised FPN convs are not supported (HTC's FPN has none); use null")
+            raise ConfigError("FPN.norm_type: normalised FPN convs are not supported (HTC's FPN has none); use null")
         if has_extra_convs:
-            raise ValueError("FPN.has_extra_convs=True is not supported by HTC (P6 comes from max-pooling)")
+            raise ConfigError("FPN.has_extra_convs=True is not supported by HTC (P6 comes from max-pooling)")
         self.in_channels = list(in_channels)
         self.out_channel = out_channel
         self.extra_stage = extra_stage

@@ -173,7 +173,7 @@ def test_norm_eval_with_sync_bn_uses_plain_bn():
     (dict(norm_eval=True, freeze_norm=True), r"norm_eval: true needs freeze_norm: false"),
 ])
 def test_bad_options_say_what_is_wrong(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):  # a user error: one line from the CLI
         ResNet(**kwargs)
 
 
