@@ -19,6 +19,7 @@ import paddle
 
 from ..core import serializable
 from . import box_utils
+from ..errors import ConfigError
 
 __all__ = ["DeltaBBoxCoder", "DeltaXYWHBBoxCoder", "build_box_coder"]
 
@@ -44,7 +45,7 @@ class DeltaBBoxCoder(_Coder):
 
     def __init__(self, weights: List[float] = (10.0, 10.0, 5.0, 5.0)):
         if len(weights) != 4:
-            raise ValueError("DeltaBBoxCoder.weights needs 4 values (wx, wy, ww, wh), got {}".format(list(weights)))
+            raise ConfigError("DeltaBBoxCoder.weights needs 4 values (wx, wy, ww, wh), got {}".format(list(weights)))
         self.weights = [float(w) for w in weights]
 
     def decode(self, deltas, boxes):
@@ -73,7 +74,7 @@ class DeltaXYWHBBoxCoder(_Coder):
     def __init__(self, target_means: List[float] = (0.0, 0.0, 0.0, 0.0),
                  target_stds: List[float] = (1.0, 1.0, 1.0, 1.0)):
         if len(target_means) != 4 or len(target_stds) != 4:
-            raise ValueError("DeltaXYWHBBoxCoder: target_means and target_stds need 4 values each, got {} and {}".format(
+            raise ConfigError("DeltaXYWHBBoxCoder: target_means and target_stds need 4 values each, got {} and {}".format(
                 list(target_means), list(target_stds)))
         self.means = [float(m) for m in target_means]
         self.stds = [float(s) for s in target_stds]

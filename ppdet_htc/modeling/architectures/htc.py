@@ -12,6 +12,7 @@ import paddle.nn as nn
 from ...core import register
 from ...core.config import create
 from ...utils.timing import phase
+from ...errors import ConfigError
 
 __all__ = ["HybridTaskCascade"]
 
@@ -97,7 +98,7 @@ class HybridTaskCascade(nn.Layer):
         losses.update(self.bbox_head.loss(feats, rois, rois_num, inputs, semantic_feat))
         if self.with_semantic:
             if "semantic" not in inputs:
-                raise KeyError(
+                raise ConfigError(
                     "the config has a FusedSemanticHead but the batch has no 'semantic' labels; "
                     "enable semantic labels in the dataset (see README: semantic labels) or remove the head"
                 )

@@ -19,6 +19,7 @@ from ..box_utils import known_empty
 from ..shape_spec import ShapeSpec, as_shape_list, in_channel_from
 from .roi_extractor import build_roi_feature_extractor
 from .stage_fusion import MaskStageFusion, build_fusion
+from ...errors import ConfigError
 
 __all__ = ["HybridTaskMaskFeat", "HybridTaskMaskHead", "MaskFeat"]
 
@@ -76,7 +77,7 @@ class HybridTaskMaskFeat(nn.Layer):
     ):
         super().__init__()
         if norm_type is not None:
-            raise ValueError("HybridTaskMaskFeat.norm_type: only null (no normalisation) is supported")
+            raise ConfigError("HybridTaskMaskFeat.norm_type: only null (no normalisation) is supported")
         self.num_cascade_stages = num_cascade_stages
         self.out_channel = out_channel
         self.stages = []
@@ -132,7 +133,7 @@ class MaskFeat(nn.Layer):
                  norm_type: Optional[str] = None, num_classes: int = 80):
         super().__init__()
         if norm_type is not None:
-            raise ValueError("MaskFeat.norm_type: only null (no normalisation) is supported")
+            raise ConfigError("MaskFeat.norm_type: only null (no normalisation) is supported")
         self.head = HybridTaskMaskFeatSub(in_channel, out_channel, num_convs, num_classes, with_res=False)
 
     def forward(self, x):
@@ -168,7 +169,7 @@ class HybridTaskMaskHead(nn.Layer):
     ):
         super().__init__()
         if share_bbox_feat:
-            raise ValueError("HybridTaskMaskHead.share_bbox_feat=True is not supported by HTC")
+            raise ConfigError("HybridTaskMaskHead.share_bbox_feat=True is not supported by HTC")
         if isinstance(head, str) or isinstance(mask_assigner, str):
             raise TypeError("HybridTaskMaskHead needs built modules; build it with ppdet_htc.core.create")
         self.roi_extractor = build_roi_feature_extractor(
@@ -182,7 +183,7 @@ class HybridTaskMaskHead(nn.Layer):
         if target_res is None and mask_assigner is not None:
             mask_assigner.mask_resolution = self.out_resolution  # targets at the logits' resolution
         elif target_res is not None and int(target_res) != self.out_resolution:
-            raise ValueError(
+            raise ConfigError(
                 "MaskAssigner.mask_resolution is {} but the mask head predicts {}x{} (RoI resolution {} x {}); "
                 "set mask_resolution: {}".format(target_res, self.out_resolution, self.out_resolution,
                                                  self.roi_extractor.resolution, head.upsample_factor,

@@ -27,6 +27,7 @@ from ..shape_spec import ShapeSpec
 from .roi_assigner import MaskTargetSource
 from .roi_extractor import build_roi_feature_extractor
 from .stage_fusion import MeanLogitsFusion, build_fusion
+from ...errors import ConfigError
 
 __all__ = ["HybridTaskCascadeHead"]
 
@@ -46,7 +47,7 @@ def _build_coders(box_coders, bbox_weight, num_stages):
     coders = [build_component(c, where="HybridTaskCascadeHead.box_coders[{}]".format(t))
               for t, c in enumerate(box_coders)]
     if len(coders) != num_stages:
-        raise ValueError("HybridTaskCascadeHead.box_coders: {} coders for {} stages".format(len(coders), num_stages))
+        raise ConfigError("HybridTaskCascadeHead.box_coders: {} coders for {} stages".format(len(coders), num_stages))
     return coders
 
 
@@ -93,14 +94,14 @@ class HybridTaskCascadeHead(nn.Layer):
             raise TypeError("HybridTaskCascadeHead needs built modules; build it with ppdet_htc.core.create")
         num_stages = int(num_cascade_stages)
         if box_coders is None and len(bbox_weight) != num_stages:
-            raise ValueError("HybridTaskCascadeHead.bbox_weight has {} entries for {} stages".format(
+            raise ConfigError("HybridTaskCascadeHead.bbox_weight has {} entries for {} stages".format(
                 len(bbox_weight), num_stages))
         if len(stage_loss_weights) != num_stages:
-            raise ValueError("HybridTaskCascadeHead.stage_loss_weights has {} entries for {} stages".format(
+            raise ConfigError("HybridTaskCascadeHead.stage_loss_weights has {} entries for {} stages".format(
                 len(stage_loss_weights), num_stages))
         iou = getattr(bbox_assigner, "cascade_iou", None)
         if iou is not None and len(iou) != num_stages:
-            raise ValueError("BBoxAssigner.cascade_iou has {} thresholds but the cascade has {} stages".format(
+            raise ConfigError("BBoxAssigner.cascade_iou has {} thresholds but the cascade has {} stages".format(
                 len(iou), num_stages))
         self.roi_extractor = build_roi_feature_extractor(
             roi_extractor, None if semantic_stride is None else semantic_roi_extractor,

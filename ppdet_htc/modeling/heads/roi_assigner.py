@@ -13,6 +13,7 @@ from ...core import register
 from .. import box_utils, ops
 from ..sampling import match_boxes, sample_per_image
 from .mask_targets import bitmap_mask_targets, polygon_mask_targets
+from ...errors import ConfigError
 
 __all__ = ["BBoxAssigner", "MaskAssigner", "SampledRoIs", "MaskTargetSource"]
 
@@ -129,7 +130,7 @@ class MaskTargetSource(object):
         """All objects' bitmaps ``[N_gt, 1, H, W]`` float32 (built once per batch, shared by the stages)."""
         if self._stacked is None:
             if self.bitmaps is None:
-                raise KeyError(
+                raise ConfigError(
                     "MaskAssigner(target='bitmap') needs the batch's full-image masks 'gt_segm', which the "
                     "train reader adds to every training batch; got a batch without them (pass gt_segm, or "
                     "use MaskAssigner.target: polygon)")
@@ -155,7 +156,7 @@ class MaskAssigner(object):
 
     def __init__(self, num_classes: int = 80, mask_resolution: Optional[int] = None, target: str = "bitmap"):
         if target not in ("bitmap", "polygon"):
-            raise ValueError("MaskAssigner.target must be 'bitmap' or 'polygon', got {!r}".format(target))
+            raise ConfigError("MaskAssigner.target must be 'bitmap' or 'polygon', got {!r}".format(target))
         self.num_classes = num_classes
         self.mask_resolution = mask_resolution
         self.target = target

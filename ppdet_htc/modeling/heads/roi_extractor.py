@@ -18,6 +18,7 @@ from ...core import register, serializable
 from .. import ops
 from ..box_utils import known_empty, roi_image_index
 from ..shape_spec import ShapeSpec
+from ...errors import ConfigError
 
 __all__ = ["CanonicalLevelMapper", "FinestScaleLevelMapper", "RoIAlign", "RoIFeatureExtractor"]
 
@@ -174,7 +175,7 @@ class RoIFeatureExtractor(object):
         """``[R,C,P,P]`` features of ``rois [R,4]`` (image-major, ``rois_num [B]``)."""
         x = self.fpn(feats, rois, rois_num)
         if semantic_feat is not None and self.semantic is None:
-            raise ValueError("RoIFeatureExtractor: got a semantic feature but was built without a semantic "
+            raise ConfigError("RoIFeatureExtractor: got a semantic feature but was built without a semantic "
                              "RoIAlign (pass the semantic map's stride when building the head)")
         if semantic_feat is not None:
             s = self.semantic([semantic_feat], rois, rois_num)

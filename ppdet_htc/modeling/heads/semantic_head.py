@@ -11,6 +11,7 @@ from paddle.nn.initializer import Constant, KaimingUniform
 from ...core import register
 from ..layers import ConvAct, resize_bilinear_align_corners
 from ..shape_spec import ShapeSpec
+from ...errors import ConfigError
 
 __all__ = ["FusedSemanticHead"]
 
@@ -50,7 +51,7 @@ class FusedSemanticHead(nn.Layer):
         super().__init__()
         out_channel = in_channel if out_channel is None else out_channel  # 256 for the R50 model
         if not 0 <= fusion_level < num_ins:
-            raise ValueError("FusedSemanticHead.fusion_level {} must be < num_ins {}".format(fusion_level, num_ins))
+            raise ConfigError("FusedSemanticHead.fusion_level {} must be < num_ins {}".format(fusion_level, num_ins))
         self.num_ins = num_ins
         self.fusion_level = fusion_level
         self.ignore_index = ignore_index

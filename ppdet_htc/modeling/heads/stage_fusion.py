@@ -8,6 +8,7 @@ mmdetection 3.x (a known bug, SEMANTICS_MMDET Quirk M12) keeps only the last mas
 import paddle.nn.functional as F
 
 from ...core import serializable
+from ...errors import ConfigError
 
 __all__ = ["MeanLogitsFusion", "MaskStageFusion", "build_fusion"]
 
@@ -33,7 +34,7 @@ class MaskStageFusion(object):
 
     def __init__(self, stages: str = "all"):
         if stages not in ("all", "last"):
-            raise ValueError("MaskStageFusion.stages must be 'all' or 'last', got {!r}".format(stages))
+            raise ConfigError("MaskStageFusion.stages must be 'all' or 'last', got {!r}".format(stages))
         self.stages = stages
 
     @property

@@ -7,6 +7,7 @@ import paddle
 import paddle.nn as nn
 
 from ...core import register
+from ...errors import ConfigError
 
 __all__ = ["AnchorGenerator"]
 
@@ -28,14 +29,14 @@ class AnchorGenerator(nn.Layer):
         self,
         anchor_sizes: List = (32, 64, 128, 256, 512),
         aspect_ratios: List = (0.5, 1.0, 2.0),
-        strides: List[float] = (16.0,),
+        strides: List[float] = (4.0, 8.0, 16.0, 32.0, 64.0),
         variance: List[float] = (1.0, 1.0, 1.0, 1.0),
         offset: float = 0.0,
         rounding: str = "paddle",
     ):
         super().__init__()
         if rounding not in ("paddle", "mmdet"):
-            raise ValueError("AnchorGenerator.rounding must be 'paddle' or 'mmdet', got {!r}".format(rounding))
+            raise ConfigError("AnchorGenerator.rounding must be 'paddle' or 'mmdet', got {!r}".format(rounding))
         sizes = list(anchor_sizes)
         if sizes and not isinstance(sizes[0], (list, tuple)):
             sizes = [[s] for s in sizes]
@@ -43,11 +44,11 @@ class AnchorGenerator(nn.Layer):
         if ratios and not isinstance(ratios[0], (list, tuple)):
             ratios = [ratios] * len(sizes)
         if len(ratios) != len(sizes):
-            raise ValueError(
+            raise ConfigError(
                 "AnchorGenerator: {} anchor size groups but {} aspect-ratio groups".format(len(sizes), len(ratios))
             )
         if len(strides) != len(sizes):
-            raise ValueError(
+            raise ConfigError(
                 "AnchorGenerator: {} anchor size groups but {} strides; give one stride per FPN level".format(
                     len(sizes), len(strides)
                 )

@@ -4,6 +4,7 @@ import paddle
 from ...core import register
 from ..box_utils import bbox2delta
 from ..sampling import GroundTruth, sample_per_image
+from ...errors import ConfigError
 
 __all__ = ["RPNTargetAssign", "label_anchors", "sample_labels"]
 
@@ -80,7 +81,7 @@ class RPNTargetAssign(object):
         normalize_by: str = "batch_size_per_im",
     ):
         if normalize_by not in ("batch_size_per_im", "num_sampled"):
-            raise ValueError("RPNTargetAssign.normalize_by must be 'batch_size_per_im' or 'num_sampled', got "
+            raise ConfigError("RPNTargetAssign.normalize_by must be 'batch_size_per_im' or 'num_sampled', got "
                              "{!r}".format(normalize_by))
         self.batch_size_per_im = batch_size_per_im
         self.fg_fraction = fg_fraction
