@@ -9,7 +9,7 @@ from ..data.loader import build_reader
 from ..errors import ConfigError
 from ..metrics.coco_eval import COCOMetric
 from ..utils.progress import progress as progress_reporter
-from .model_builder import build_model, load_model_weights, select_device
+from .model_builder import build_model, load_model_weights, select_device, weights_file
 from .outputs import split_outputs
 
 __all__ = ["evaluate", "build_eval_dataset", "default_output_dir"]
@@ -44,22 +44,26 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     With ``world_size > 1`` (during distributed training) every process runs its share of the images at
     the same time and rank 0 gathers the results and scores them; other ranks return None.
     """
-    # Everything about the data is checked before the model runs: the annotations (as the loader and as
-    # COCOeval will read them), the image files, the reader config. A bad file stops here, in seconds.
+    # Everything is checked before the model runs: first the weights (found, downloaded or converted: an
+    # offline machine says at once where to put the file), then the data: the annotations (as the loader
+    # and as COCOeval will read them), the image files, the reader config. A bad file stops here, in seconds.
     if output_eval is None:
         output_eval = default_output_dir(cfg)
+    weights_path = None
+    if model is None:
+        weights = weights or cfg.get("weights")
+        if not weights:
+            raise ConfigError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
+        weights_path = weights_file(weights, progress=progress)
     dataset = build_eval_dataset(cfg)
     reader = build_reader(cfg, "eval", dataset=dataset, rank=rank, world_size=world_size)
     image_root = dataset.get_image_root() if hasattr(dataset, "get_image_root") else None
     metric = COCOMetric(dataset.get_anno(), clsid2catid=dataset.clsid2catid, output_eval=output_eval,
                         classwise=classwise, image_root=image_root)
     if model is None:
-        weights = weights or cfg.get("weights")
-        if not weights:
-            raise ConfigError("no weights to evaluate: pass -o weights=PATH|URL|model-zoo name")
         select_device(cfg, device)
         model = build_model(cfg)
-        load_model_weights(model, weights)
+        load_model_weights(model, weights_path)
     was_training = model.training
     model.eval()
     n_images = 0

@@ -7,7 +7,7 @@ from ..core import create
 from ..errors import ConfigError
 from . import checkpoint
 
-__all__ = ["build_model", "select_device", "set_cpu_threads", "load_model_weights", "resolve_weights_file",
+__all__ = ["build_model", "select_device", "set_cpu_threads", "load_model_weights", "resolve_weights_file", "weights_file",
            "label_info"]
 
 logger = logging.getLogger(__name__)
@@ -79,15 +79,19 @@ def resolve_weights_file(spec, progress=True):
         raise
 
 
-def load_model_weights(model, spec, pretrain=False, progress=True):
-    """Resolve ``spec`` (path, URL, model-zoo name or training snapshot) and load it strictly, or leniently if
-    ``pretrain``. A snapshot directory (``output/x/model_final``, also spelt ``output/x/model_final.pdparams``)
-    gives its verified model part."""
+def weights_file(spec, progress=True):
+    """The local file of a weights spec (path, URL, model-zoo name or training snapshot), downloading and
+    converting it if needed. A snapshot directory (``output/x/model_final``, also spelt
+    ``output/x/model_final.pdparams``) gives its verified model part."""
     from .train_state import snapshot_model_file
 
     path = snapshot_model_file(spec)
-    if path is None:
-        path = resolve_weights_file(spec, progress=progress)
+    return path if path is not None else resolve_weights_file(spec, progress=progress)
+
+
+def load_model_weights(model, spec, pretrain=False, progress=True):
+    """Resolve ``spec`` (see :func:`weights_file`) and load it strictly, or leniently if ``pretrain``."""
+    path = weights_file(spec, progress=progress)
     if pretrain:
         return checkpoint.load_pretrained(model, path)
     report = checkpoint.load_weights(model, path)

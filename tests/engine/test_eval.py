@@ -190,3 +190,26 @@ def test_unreadable_ground_truth_stops_before_the_model_runs(same_size_set, tmp_
     assert e.value.code == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
     assert "instances_val.json" in line and "category id '1' must be an integer" in line
+
+
+def test_unavailable_weights_are_reported_first_saying_where_to_put_them(tmp_path, capsys, monkeypatch):
+    """Offline: a model-zoo name that cannot be downloaded is one line naming the cache file to place by hand,
+    before any dataset problem (here: no COCO at all) and before the model is built."""
+    import socket
+
+    from ppdet_htc.engine import evaluator
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setenv("PPDET_HTC_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(evaluator, "build_model", lambda cfg: pytest.fail("the model must not be built"))
+    name = "mmdet_htc_x101_64x4d_fpn_dconv_c3-c5_mstrain_400_1400_16x1_20e_coco"
+    with pytest.raises(SystemExit) as e:
+        eval_main(["-c", "configs/htc_mmdet/{}.yml".format(name[len("mmdet_"):]), "-o", "weights=" + name,
+                   "EvalDataset.dataset_dir=" + str(tmp_path / "no_coco")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "place it by hand at" in err[0] and str(tmp_path / "home") in err[0]
+    assert "annotation" not in err[0]
