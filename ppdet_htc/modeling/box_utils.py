@@ -4,7 +4,7 @@ import math
 import paddle
 
 __all__ = ["delta2bbox", "bbox2delta", "clip_boxes", "bbox_overlaps", "nonempty_mask", "roi_image_index",
-           "known_empty", "count_per_image", "top_k_per_image"]
+           "known_empty", "count_per_image", "top_k_per_image", "gather_mask"]
 
 BBOX_CLIP = math.log(1000.0 / 16)
 
@@ -71,6 +71,11 @@ def roi_image_index(rois_num):
     """Image index of every RoI, ``[R]`` int64, from per-image counts ``[B]``."""
     b = rois_num.shape[0] if paddle.in_dynamic_mode() else paddle.shape(rois_num)[0]
     return paddle.repeat_interleave(paddle.arange(b, dtype="int64"), rois_num.astype("int64"))
+
+
+def gather_mask(mask, index):
+    """``paddle.gather`` for bool tensors (Paddle 2.6 has no bool gather kernel)."""
+    return paddle.gather(mask.astype("int32"), index).astype("bool")
 
 
 def count_per_image(image_index, batch):

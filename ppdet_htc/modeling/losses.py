@@ -3,7 +3,7 @@ import paddle
 
 from ..core import serializable
 
-__all__ = ["L1Loss", "SmoothL1Loss", "build_loss"]
+__all__ = ["L1Loss", "SmoothL1Loss", "build_loss", "softmax_cross_entropy"]
 
 
 @serializable
@@ -26,6 +26,24 @@ class SmoothL1Loss(object):
         if self.beta <= 0:
             return ad
         return paddle.where(ad < self.beta, 0.5 * ad * ad / self.beta, ad - 0.5 * self.beta)
+
+
+def softmax_cross_entropy(logits, labels, axis=-1, ignore_index=None):
+    """Per-element ``-log softmax(logits)[label]`` along ``axis``; 0 where ``labels == ignore_index``.
+
+    ``labels`` has the shape of ``logits`` without ``axis``. Written with ``log_softmax`` and a gather
+    because Paddle 2.6's ``F.cross_entropy`` checks the labels on the host (a GPU stall in every step).
+    """
+    logp = paddle.nn.functional.log_softmax(logits, axis=axis)
+    labels = labels.astype("int64")
+    valid = None
+    if ignore_index is not None:
+        valid = labels != ignore_index
+        labels = paddle.where(valid, labels, paddle.zeros_like(labels))
+    picked = -paddle.take_along_axis(logp, labels.unsqueeze(axis), axis=axis).squeeze(axis)
+    if valid is not None:
+        picked = picked * valid.astype(picked.dtype)
+    return picked
 
 
 def build_loss(spec, default_cls):

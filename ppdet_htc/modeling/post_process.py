@@ -14,6 +14,7 @@ rescale (``rescale_before_nms``)    after NMS, clip to the image, drop empty  be
 """
 from typing import List
 
+import numpy as np
 import paddle
 
 from ..core import register, serializable
@@ -193,7 +194,7 @@ class MaskPostProcess(object):
 
     def paste_image(self, probs, boxes, height, width):
         """One image's masks: ``probs [k,M,M]``, ``boxes [k,4]`` (original pixels) -> uint8 ``[k,height,width]``."""
-        hw = paddle.full([probs.shape[0], 2], 0, dtype="int32") + paddle.to_tensor([height, width], dtype="int32")
+        hw = paddle.to_tensor(np.tile(np.array([[height, width]], dtype=np.int32), (probs.shape[0], 1)))
         return ops.paste_masks(probs, boxes, hw, (int(height), int(width)), self.binary_thresh)
 
     def __call__(self, probs, boxes, dets_num, origin_shape):

@@ -95,7 +95,7 @@ def match_boxes(boxes, image, gt):
     """
     truth = paddle.gather(gt.boxes, image)  # [N, G, 4]
     iou = pairwise_iou(boxes, truth)
-    iou = paddle.where(paddle.gather(gt.valid, image), iou, paddle.zeros_like(iou))
+    iou = paddle.where(box_utils.gather_mask(gt.valid, image), iou, paddle.zeros_like(iou))
     return iou.max(axis=1), iou.argmax(axis=1)
 
 

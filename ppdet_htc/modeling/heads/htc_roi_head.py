@@ -21,7 +21,7 @@ from ...core import register
 from ...utils.timing import phase
 from .. import box_utils
 from ..box_coder import DeltaBBoxCoder
-from ..losses import L1Loss, build_loss
+from ..losses import L1Loss, build_loss, softmax_cross_entropy
 from ..sampling import GroundTruth
 from ..shape_spec import ShapeSpec
 from .roi_assigner import MaskTargetSource
@@ -226,7 +226,7 @@ class HybridTaskCascadeHead(nn.Layer):
         if labels.shape[0] == 0:
             zero = (logit * 0).sum() + (deltas * 0).sum()
             return zero, zero
-        cls_loss = F.cross_entropy(logit, labels.reshape([-1, 1]), reduction="mean")
+        cls_loss = softmax_cross_entropy(logit, labels).mean()
         is_fg = paddle.logical_and(labels >= 0, labels < self.num_classes).unsqueeze(1)
         fg = is_fg.astype(deltas.dtype)
         # Background rows are encoded onto themselves (their matched box may be zero padding).

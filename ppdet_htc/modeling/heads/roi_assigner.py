@@ -98,14 +98,14 @@ class BBoxAssigner(object):
                                 self.use_random, priority=position)
         image_k = paddle.gather(image, keep)
         match_k = paddle.gather(match, keep)
-        fg_k = paddle.gather(is_fg, keep)
+        fg_k = box_utils.gather_mask(is_fg, keep)
         rois_k = paddle.gather(cand, keep)
         flat_match = image_k * width + match_k
         cls = paddle.gather(gt.classes.reshape([-1]), flat_match)
         labels = paddle.where(fg_k, cls, paddle.full_like(cls, self.num_classes))
         gt_boxes = paddle.gather(gt.boxes.reshape([-1, 4]), flat_match)
         res = SampledRoIs(rois_k, box_utils.count_per_image(image_k, batch), labels, gt_boxes, match_k,
-                          paddle.gather(is_gt, keep), image_k)
+                          box_utils.gather_mask(is_gt, keep), image_k)
         for t in (res.rois, res.labels, res.gt_boxes):
             t.stop_gradient = True
         return res

@@ -10,6 +10,7 @@ from paddle.nn.initializer import Constant, KaimingUniform
 
 from ...core import register
 from ..layers import ConvAct, resize_bilinear_align_corners
+from ..losses import softmax_cross_entropy
 from ..shape_spec import ShapeSpec
 from ...errors import ConfigError
 
@@ -117,9 +118,8 @@ class FusedSemanticHead(nn.Layer):
         if labels.shape[1] != h or labels.shape[2] != w:
             labels = F.interpolate(labels[:, None].astype("float32"), size=[h, w], mode="nearest")[:, 0]
             labels = labels.astype("int64")
-        logits = seg_logits.transpose([0, 2, 3, 1])
         valid = (labels != self.ignore_index).astype("float32")
-        per_pixel = F.cross_entropy(logits, labels[..., None], ignore_index=self.ignore_index, reduction="none")
+        per_pixel = softmax_cross_entropy(seg_logits, labels, axis=1, ignore_index=self.ignore_index)
         # Mean over the labelled pixels (0, with a gradient path, when every pixel is ignored), or with
         # ``avg_non_ignore=False`` over all pixels, ignored ones included (mmdetection, Quirk M7).
         count = paddle.clip(valid.sum(), min=1.0) if self.avg_non_ignore else float(math.prod(valid.shape))
