@@ -24,6 +24,20 @@ def _ppdet_htc_logs_reach_caplog():
 
 
 @pytest.fixture(autouse=True)
+def _restore_process_switches():
+    """CLI tests with ``--exact`` set PPDET_HTC_EXACT for the whole process (as they should in a real run);
+    later tests get the environment back."""
+    keys = ("PPDET_HTC_EXACT", "PPDET_HTC_RUNTIME", "MKL_DEBUG_CPU_TYPE")
+    saved = {k: os.environ.get(k) for k in keys}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)
     np.random.seed(0)

@@ -2,6 +2,8 @@
 import logging
 import os
 
+import numpy as np
+
 from ..metrics.coco_eval import detections_to_coco
 from ..utils.io import write_json_atomic
 from ..utils.progress import progress
@@ -52,26 +54,54 @@ def dataset_image_ids(dataset):
     return ids
 
 
+class _ImageRecords(object):
+    """``{im_file, im_id}`` records of a list of image paths (a fresh dict per access: transforms fill it)."""
+
+    def __init__(self, images):
+        self.images = [os.fspath(p) for p in images]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"im_file": self.images[index], "im_id": np.array([index], dtype=np.int64)}
+
+
+def _image_reader(detector, images, batch_size, worker_num):
+    """Batches of ``images`` decoded and preprocessed by ``worker_num`` worker processes (0: inline), in order,
+    so that loading the next images overlaps with the model."""
+    from ..data.loader import Reader
+
+    return Reader(_ImageRecords(images), detector.sample_transforms, detector.batch_transforms, batch_size=batch_size,
+                  worker_num=worker_num, name="infer")
+
+
 def run_inference(detector, images, output_dir="output", draw_threshold=0.5, batch_size=1, save_images=True,
-                  image_ids=None):
+                  image_ids=None, worker_num=None):
     """Detect on ``images`` (paths) with a :class:`Detector`; write pictures and ``results.json``.
 
     ``image_ids`` maps file names to the ``image_id`` written in ``results.json`` (e.g. those of a COCO
     annotation file, see :func:`dataset_image_ids`); other images get ids after the largest known one
-    (0, 1, ... without a map). Returns ``(path of results.json, list of per-image detections)``.
+    (0, 1, ... without a map). ``worker_num``: processes that decode and preprocess the next images while the
+    model runs (default: the config's ``worker_num``, at most 2; none for a single batch).
+    Returns ``(path of results.json, list of per-image detections)``.
     """
     import cv2
 
     os.makedirs(output_dir, exist_ok=True)
     image_ids = dict(image_ids or {})
     next_id = max(image_ids.values(), default=-1) + 1
+    if worker_num is None:
+        worker_num = min(int(detector.cfg.get("worker_num", 0) or 0), 2)
+    if len(images) <= batch_size:
+        worker_num = 0
     all_dets = []
     file_names = {}
     bar = progress(total=len(images), desc="infer", unit="img")
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        dets = detector.predict(list(chunk), batch_size=len(chunk))
-        for i, (path, det) in enumerate(zip(chunk, dets)):
+    for batch in _image_reader(detector, images, batch_size, worker_num):
+        dets = detector.detect_batch(batch)
+        for det in dets:
+            path = images[det["im_id"]]
             im_id = image_ids.get(os.path.basename(path))
             if im_id is None:
                 im_id, next_id = next_id, next_id + 1
@@ -86,7 +116,7 @@ def run_inference(detector, images, output_dir="output", draw_threshold=0.5, bat
                 save_visualization(out, rgb, det["boxes"], det["scores"], det["labels"],
                                    masks=det["masks"], class_names=detector.class_names, threshold=draw_threshold)
             all_dets.append(det)
-        bar.update(len(chunk))
+        bar.update(len(dets))
     bar.close()
     records = results_records(all_dets, detector.clsid2catid, file_names)
     path = os.path.join(output_dir, RESULTS_FILE)

@@ -130,3 +130,17 @@ def test_eval_with_redirected_output_shows_periodic_progress_and_writes_to_outpu
     for name in ("pr_curves_bbox.png", "pr_curves_segm.png", "error_breakdown_bbox.png", "confusion_matrix.png"):
         data = (out_dir / "plots" / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
+
+
+def test_fast_runtime_with_reader_workers_keeps_the_exact_metrics(same_size_set, tmp_path):
+    """The default fast runtime with a reader worker process gives the exact path's AP (within 0.1 points) and
+    reports where the time went (model vs waiting for the reader)."""
+    exact = evaluate(demo_eval_cfg(same_size_set, 1), output_eval=str(tmp_path / "exact"), progress=False, exact=True)
+    cfg = load_config(coco_config(same_size_set), ["worker_num=1"])
+    fast = evaluate(cfg, output_eval=str(tmp_path / "fast"), progress=False)
+    assert exact["timing"]["runtime"] == "exact" and fast["timing"]["runtime"] == "onednn"
+    assert fast["timing"]["reader_workers"] == 1
+    for t in ("bbox", "segm"):
+        assert abs(exact[t]["AP"] - fast[t]["AP"]) <= 0.001, (t, exact[t]["AP"], fast[t]["AP"])
+    timing = fast["timing"]
+    assert timing["model_s"] > 0 and 0 <= timing["reader_wait_s"] < timing["total_s"]
