@@ -17,7 +17,8 @@ import traceback
 from .utils.logger import debug_requested, quiet_third_party, setup_logger
 
 __all__ = ["infer_main", "eval_main", "train_main", "benchmark_main", "export_main", "analyze_main",
-           "plot_log_main", "convert_mmdet_main", "base_parser", "load_cli_config"]
+           "plot_log_main", "convert_mmdet_main", "base_parser", "load_cli_config", "add_runtime_args",
+           "apply_runtime_args"]
 
 logger = logging.getLogger("ppdet_htc")
 
@@ -52,6 +53,24 @@ def add_debug_flag(parser):
     parser.add_argument("--debug", action="store_true",
                         help="on an error, print the full traceback too; also show Paddle's warnings and log noise "
                              "(same as PPDET_HTC_DEBUG=1)")
+
+
+def add_runtime_args(p):
+    """``--exact`` / ``--runtime`` (see ppdet_htc/engine/runtimes.py and ppdet_htc/runtime.py)."""
+    p.add_argument("--exact", action="store_true",
+                   help="exact path: dynamic graph with today's kernels and numerics (also PPDET_HTC_EXACT=1)")
+    p.add_argument("--runtime", default=None, choices=["exact", "dynamic", "onednn", "openvino", "inference"],
+                   help="how the model runs (default: $PPDET_HTC_RUNTIME or onednn on the CPU)")
+    return p
+
+
+def apply_runtime_args(args):
+    """Decide process-level switches right after parsing, before Paddle's math library runs."""
+    from .runtime import use_exact_process
+
+    if args.exact or args.runtime == "exact":
+        args.exact = True
+        use_exact_process()
 
 
 def load_cli_config(args):
@@ -136,16 +155,21 @@ def infer_main(argv=None):
         p.add_argument("--strict", action="store_true",
                        help="stop at the first unreadable image; without it, unreadable images are skipped, named at "
                             "the end and the command exits with code 2")
+        p.add_argument("--worker_num", type=int, default=None,
+                       help="processes decoding the next images while the model runs (default: config, at most 2)")
+        add_runtime_args(p)
         args = p.parse_args(argv)
+        apply_runtime_args(args)
         from .engine.infer import dataset_image_ids, list_image_files, run_inference
         from .engine.predictor import Detector
 
         images = list_image_files(args.infer_img, args.infer_dir)
         cfg = load_cli_config(args)
-        det = Detector(cfg)
+        det = Detector(cfg, exact=args.exact, runtime=args.runtime)
         bs = args.batch_size or int((cfg.get("TestReader") or {}).get("batch_size", 1))
         path, _ = run_inference(det, images, args.output_dir, args.draw_threshold, bs, save_images=not args.no_images,
-                                image_ids=dataset_image_ids(det.dataset), strict=args.strict)
+                                image_ids=dataset_image_ids(det.dataset), strict=args.strict,
+                                worker_num=args.worker_num)
         print("results: {}".format(path))
         return path
 
@@ -165,7 +189,9 @@ def eval_main(argv=None):
         p.add_argument("--plot", action="store_true",
                        help="also draw per-class precision-recall curves, the COCO error breakdown and a confusion "
                             "matrix as PNG files into <output_eval>/plots")
+        add_runtime_args(p)
         args = p.parse_args(argv)
+        apply_runtime_args(args)
         cfg = load_cli_config(args)
         from .engine.evaluator import default_output_dir
 
@@ -175,7 +201,8 @@ def eval_main(argv=None):
         else:
             from .engine.evaluator import evaluate
 
-            metrics = evaluate(cfg, output_eval=args.output_eval, classwise=args.classwise)
+            metrics = evaluate(cfg, output_eval=args.output_eval, classwise=args.classwise, exact=args.exact,
+                               runtime=args.runtime)
         if args.plot:
             _plot_eval(cfg, args.output_eval)
         return metrics
@@ -283,21 +310,43 @@ def benchmark_main(argv=None):
         p.add_argument("--train_iters", type=int, default=5, help="timed training iterations (with --train)")
         p.add_argument("--train_batch_size", type=int, default=2, help="images per training step (with --train)")
         p.add_argument("--json", default=None, help="write the results to this JSON file (default: none)")
+        p.add_argument("--no_peak", action="store_true", help="skip measuring the machine's attainable FP32 rate")
+        p.add_argument("--no_inference", action="store_true", help="skip the inference benchmark")
+        p.add_argument("--eval", action="store_true",
+                       help="evaluation throughput on the config's EvalDataset (needs weights): model vs loading")
+        add_runtime_args(p)
         args = p.parse_args(argv)
+        apply_runtime_args(args)
         from .engine.benchmark import benchmark_inference, benchmark_training
         from .utils.io import write_json_atomic
 
-        cfg = load_cli_config(args)
-        res = benchmark_inference(cfg, args.image_size, args.batch_size, args.iters, args.warmup, args.num_dets,
-                                  args.use_weights, image_file=args.image)
-        print(format_benchmark(res))
+        res = {}
+        if not args.no_inference:
+            cfg = load_cli_config(args)
+            res = benchmark_inference(cfg, args.image_size, args.batch_size, args.iters, args.warmup, args.num_dets,
+                                      args.use_weights, image_file=args.image, runtime=args.runtime,
+                                      exact=args.exact, peak=not args.no_peak)
+            print(format_benchmark(res))
         if args.train:
             cfg = load_cli_config(args)
             tr = benchmark_training(cfg, args.image_size, args.train_batch_size, args.train_iters, args.warmup)
             res["training"] = tr
-            print("training: {:.2f} images/s (batch {}, {}x{}, median of {} iterations, {:.2f} s/iter)".format(
-                tr["train_images_per_s"], tr["batch_size"], *tr["image_size"], tr["iters"],
-                tr["seconds_per_iter"]["median"]))
+            print(format_training(tr))
+        if args.eval:
+            from .engine.evaluator import evaluate
+
+            import tempfile
+
+            cfg = load_cli_config(args)
+            with tempfile.TemporaryDirectory(prefix="ppdet_htc_bench_eval_") as out:
+                metrics = evaluate(cfg, exact=args.exact, runtime=args.runtime, progress=False, output_eval=out)
+            res["eval"] = {"images_per_s": metrics["images_per_s"], "timing": metrics["timing"]}
+            t = metrics["timing"]
+            print("evaluation: {:.2f} images/s with runtime {}; model {:.1f} s, waiting for the reader {:.1f} s "
+                  "({:.1f}% of the run, {} workers): {}".format(
+                      metrics["images_per_s"], t["runtime"], t["model_s"], t["reader_wait_s"],
+                      100 * t["reader_wait_s"] / max(t["total_s"], 1e-9), t["reader_workers"],
+                      "bound by the model" if t["reader_wait_s"] < 0.1 * t["total_s"] else "bound by loading"))
         if args.json:
             write_json_atomic(args.json, res, indent=2)
             print("wrote {}".format(args.json))
@@ -308,25 +357,61 @@ def benchmark_main(argv=None):
 
 def format_benchmark(res):
     """Human-readable benchmark report."""
+    pct = lambda x: "n/a" if x is None else "{:.1f}%".format(100 * x)
     lines = [
-        "{} | Paddle {} | {} | {} cores".format(res["device"], res["paddle_version"], res.get("cpu", ""),
-                                               res.get("cpu_cores")),
-        "config {} | input {}x{} | batch {} | {} ({} detections/image)".format(
-            res["config"], res["image_size"][0], res["image_size"][1], res["batch_size"], res["weights"],
-            res["detections_per_image"]),
-        "latency per image: median {:.1f} ms (min {:.1f}, max {:.1f}) over {} iterations after {} warm-up".format(
+        "{} | Paddle {} | {} ({}) | {} cores, {} threads | SIMD: {} | MKL_DEBUG_CPU_TYPE={}".format(
+            res["device"], res["paddle_version"], res.get("cpu", ""), res.get("cpu_vendor", ""), res.get("cpu_cores"),
+            res.get("threads"), " ".join(res.get("cpu_flags", [])),
+            (res.get("process_switches") or {}).get("mkl_debug_cpu_type") or "unset"),
+        "config {} | runtime {} ({}) | input {}x{} | batch {} | {} ({} detections/image)".format(
+            res["config"], res.get("runtime"), res.get("kernels"), res["image_size"][0], res["image_size"][1],
+            res["batch_size"], res["weights"], res["detections_per_image"]),
+        "latency per image: median {:.1f} ms (min {:.1f}, max {:.1f}) over {} iterations after {} warm-up; "
+        "CPU time {:.2f} s/image".format(
             res["latency_ms"]["median"], res["latency_ms"]["min"], res["latency_ms"]["max"], res["iters"],
-            res["warmup"]),
+            res["warmup"], res.get("cpu_seconds_per_image", 0.0)),
         "throughput {:.3f} images/s | peak RSS {:.0f} MB{}".format(
             res["images_per_s"], res["peak_rss_mb"],
             " | peak GPU memory {:.0f} MB".format(res["peak_gpu_memory_mb"]) if "peak_gpu_memory_mb" in res else ""),
-        "model {:.1f} GFLOPs/image, achieved {:.1f} GFLOP/s; conv+matmul {:.1f} ms; overhead (everything else) "
-        "{:.1f}%".format(res["gflops"], res["achieved_gflops_per_s"], res["conv_matmul_ms"],
-                         100 * res["overhead_fraction"]),
-        "phases (median ms per image; the second column is the part outside conv/matmul layers):",
+        "model {:.1f} GFLOPs/image, achieved {:.1f} GFLOP/s end to end{}".format(
+            res["gflops"], res["achieved_gflops_per_s"],
+            "; conv+matmul {:.1f} ms; overhead (everything else) {}".format(
+                res["conv_matmul_ms"], pct(res["overhead_fraction"])) if res.get("conv_matmul_ms") else ""),
     ]
+    rates = res.get("peak_rates")
+    if rates:
+        att = rates["attainable"]
+        lines.append("attainable FP32 rate (best of: {}): {:.1f} GFLOP/s ({}) -> model at {} of it, its "
+                     "convolutions at {}".format(
+                         ", ".join("{} {:.0f}".format(k, v["gflops_per_s"]) for k, v in rates.items()
+                                   if k != "attainable" and isinstance(v, dict)),
+                         att["gflops_per_s"], att["from"], pct(res.get("fraction_of_attainable")),
+                         pct(res.get("conv_fraction_of_attainable"))))
+    lines.append("phases (median ms per image | outside conv/matmul | GFLOPs | GFLOP/s whole phase | "
+                 "GFLOP/s in conv/matmul | kernels):")
     for name, ms in res["phases_ms"].items():
-        lines.append("  {:<20s} {:9.1f} {:9.1f}".format(name, ms, res.get("phases_overhead_ms", {}).get(name, 0.0)))
+        over = (res.get("phases_overhead_ms") or {}).get(name)
+        lines.append("  {:<32s} {:9.1f} {:>9s} {:7.1f} {:>7s} {:>7s}  {}".format(
+            name, ms, "-" if over is None else "{:.1f}".format(over), res.get("phase_gflops", {}).get(name, 0.0),
+            _fmt_rate(res.get("phase_achieved_gflops_per_s", {}).get(name)),
+            _fmt_rate(res.get("phase_conv_gflops_per_s", {}).get(name)), res.get("phase_kernels", {}).get(name, "")))
+    return "\n".join(lines)
+
+
+def _fmt_rate(x):
+    return "-" if x is None else "{:.1f}".format(x)
+
+
+def format_training(tr):
+    """Training report: images/s and the median time of each step phase."""
+    lines = ["training: {:.2f} images/s (batch {}, {}x{}, median of {} iterations, {:.2f} s/iter)".format(
+        tr["train_images_per_s"], tr["batch_size"], *tr["image_size"], tr["iters"], tr["seconds_per_iter"]["median"])]
+    if tr.get("phases_ms"):
+        lines.append("training phases (median ms per iteration):")
+        for name, ms in tr["phases_ms"].items():
+            lines.append("  {:<24s} {:9.1f}".format(name, ms))
+    if tr.get("missing_hooks"):
+        lines.append("  (not separated: {})".format("; ".join(tr["missing_hooks"])))
     return "\n".join(lines)
 
 

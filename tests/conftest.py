@@ -23,6 +23,21 @@ def _ppdet_htc_logs_reach_caplog():
     yield
 
 
+_INITIAL_SWITCHES = {k: os.environ.get(k) for k in ("PPDET_HTC_EXACT", "PPDET_HTC_RUNTIME")}
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_switches():
+    """CLI tests with ``--exact`` set PPDET_HTC_EXACT for the whole process (as they should in a real run);
+    later tests get the environment of the session's start back (also after module fixtures that ran the CLI)."""
+    yield
+    for k, v in _INITIAL_SWITCHES.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     random.seed(0)

@@ -7,7 +7,13 @@ deployment needs. Preprocessing is read from ``infer_cfg.yml`` and reproduces th
 (cv2 decode to RGB, keep-ratio resize with cv2, ``x/255`` then mean/std, CHW, zero padding to a stride).
 
     python deploy/python/infer.py --model_dir output_inference/htc --image_file a.jpg [--device GPU]
-        [--output_dir out] [--run_benchmark] [--cpu_threads 2] [--enable_mkldnn] [--trt_precision fp16]
+        [--output_dir out] [--run_benchmark] [--cpu_threads 2] [--engine onednn|openvino|native] [--exact]
+        [--trt_precision fp16]
+
+On the CPU the default engine is oneDNN (detections within box IoU 0.98 / score 0.005 of the exact path;
+several times faster); ``--exact`` runs Paddle's native kernels with MKL's default dispatch, which give the
+dynamic model's numbers. On AMD CPUs with AVX2 the script sets ``MKL_DEBUG_CPU_TYPE=5`` before Paddle loads
+(MKL's AVX2 kernels instead of its generic ones) unless ``--exact`` is given or the variable is already set.
 
 ``--output_dir`` gets one drawn picture per image and ``results.json`` with the same records as
 ``scripts/infer.py`` (``image_id``, ``category_id``, ``bbox`` [x, y, w, h], ``score``, ``segmentation``
@@ -109,8 +115,29 @@ class Preprocess(object):
 # ----------------------------------------------------------------------------------------- predictor
 
 
+def prefer_fast_mkl_on_amd(environ=os.environ, cpuinfo="/proc/cpuinfo"):
+    """``MKL_DEBUG_CPU_TYPE=5`` on AMD CPUs with AVX2 (must happen before Paddle's first computation);
+    a value already set is kept. Returns True when set here."""
+    if "MKL_DEBUG_CPU_TYPE" in environ:
+        return False
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    if "AuthenticAMD" not in text or "avx2" not in flags:
+        return False
+    environ["MKL_DEBUG_CPU_TYPE"] = "5"
+    return True
+
+
+ENGINES = ("onednn", "openvino", "native")
+
+
 def create_predictor(model_dir, device="CPU", cpu_threads=None, enable_mkldnn=False, trt_precision=None,
-                     gpu_mem_mb=500):
+                     gpu_mem_mb=500, engine=None):
+    """``engine`` (CPU): 'onednn', 'openvino' or 'native' (default: 'onednn' if ``enable_mkldnn`` else 'native')."""
     from paddle import inference
 
     params = os.path.join(model_dir, "model.pdiparams")
@@ -133,11 +160,18 @@ def create_predictor(model_dir, device="CPU", cpu_threads=None, enable_mkldnn=Fa
     else:
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(int(cpu_threads or os.cpu_count() or 1))
-        if enable_mkldnn:
+        engine = engine or ("onednn" if enable_mkldnn else "native")
+        if engine not in ENGINES:
+            raise ValueError("engine must be one of {}, got {!r}".format(ENGINES, engine))
+        if engine == "onednn":
             config.enable_mkldnn()
             config.set_mkldnn_cache_capacity(16)  # one primitive cache per input shape (images vary)
         elif hasattr(config, "disable_mkldnn"):  # Paddle 3 turns oneDNN on by default on the CPU
             config.disable_mkldnn()
+        if engine == "openvino":
+            if not hasattr(config, "enable_openvino_engine"):
+                raise ValueError("--engine openvino needs Paddle >= 3 (Paddle Inference's OpenVINO engine)")
+            config.enable_openvino_engine(inference.PrecisionType.Float32)
     config.disable_glog_info()
     config.switch_ir_optim(True)
     return inference.create_predictor(config)
@@ -231,11 +265,20 @@ def main(argv=None):
     p.add_argument("--output_dir", default=None, help="write drawn pictures and results.json here")
     p.add_argument("--threshold", type=float, default=None, help="draw threshold (default: infer_cfg.yml)")
     p.add_argument("--cpu_threads", type=int, default=None)
-    p.add_argument("--enable_mkldnn", action="store_true", help="use oneDNN kernels on the CPU")
+    p.add_argument("--engine", default=None, choices=ENGINES,
+                   help="CPU kernels (default: onednn; --exact: native)")
+    p.add_argument("--exact", action="store_true",
+                   help="Paddle's native kernels and MKL's default dispatch: the dynamic model's numbers")
+    p.add_argument("--enable_mkldnn", action="store_true", help="same as --engine onednn (the default)")
     p.add_argument("--trt_precision", default=None, choices=["fp32", "fp16", "int8"], help="TensorRT on GPU")
     p.add_argument("--run_benchmark", action="store_true", help="time repeated runs of the first image")
     p.add_argument("--repeats", type=int, default=10)
     args = p.parse_args(argv)
+    if args.exact and args.engine not in (None, "native"):
+        p.error("--exact runs the native kernels; it cannot be combined with --engine {}".format(args.engine))
+    engine = "native" if args.exact else (args.engine or "onednn")
+    if not args.exact:
+        prefer_fast_mkl_on_amd()
 
     with open(os.path.join(args.model_dir, "infer_cfg.yml")) as f:
         infer_cfg = yaml.safe_load(f)
@@ -243,8 +286,8 @@ def main(argv=None):
     labels = infer_cfg["label_list"]
     category_ids = infer_cfg.get("category_ids") or list(range(1, len(labels) + 1))
     threshold = args.threshold if args.threshold is not None else float(infer_cfg.get("draw_threshold", 0.5))
-    predictor = create_predictor(args.model_dir, args.device, args.cpu_threads, args.enable_mkldnn,
-                                 args.trt_precision)
+    predictor = create_predictor(args.model_dir, args.device, args.cpu_threads, trt_precision=args.trt_precision,
+                                 engine=engine)
     images = list_images(args.image_file, args.image_dir)
     records, timings = [], {"preprocess": [], "inference": [], "postprocess": []}
     if args.output_dir:

@@ -4,6 +4,11 @@ Everything is measured, nothing estimated: wall time per iteration after warm-up
 time inside convolutions and matrix products (forward hooks on Conv2D / Conv2DTranspose / Linear, device
 synchronised), their FLOPs, peak memory (RSS, and GPU memory on GPU), and named phases from
 ``utils.timing.phase``. ``overhead_fraction`` = 1 - (conv + matmul time) / end-to-end time.
+
+Runtimes (``engine/runtimes.py``): the dynamic ones (``exact``, ``dynamic``) are split into the model's
+phases; a Paddle Inference program (``onednn``, ``openvino``, ``inference``) is one phase. FLOPs per phase
+are always counted in one dynamic-graph pass. The machine's attainable FP32 rate is measured in the same run
+(``kernel_rates``) and the model's achieved rate is reported as a fraction of it.
 """
 import os
 import platform
@@ -18,11 +23,12 @@ from ..core import merge_config
 from ..data.loader import collate
 from ..data.transforms import build_transforms
 from ..metrics.coco_eval import detections_to_coco
-from ..utils.timing import PhaseTimer, active_timer
-from .model_builder import build_model, load_model_weights, select_device
-from .outputs import split_outputs
+from ..utils.timing import PhaseTimer, active_timer, phase
+from .model_builder import build_model, load_model_weights, select_device, set_cpu_threads
+from .runtimes import DynamicRunner
 
 __all__ = ["benchmark_inference", "benchmark_training", "machine_info", "LayerMeter"]
+
 
 MODEL_INPUTS = ("image", "im_shape", "scale_factor")
 
@@ -60,6 +66,7 @@ class LayerMeter(object):
         self.seconds = 0.0
         self.by_phase = {}
         self.flops = 0
+        self.flops_by_phase = {}
         self.count_flops = True
         self.handles = []
         for layer in model.sublayers(include_self=True):
@@ -79,7 +86,9 @@ class LayerMeter(object):
         name = timer.current if timer is not None else None
         self.by_phase[name] = self.by_phase.get(name, 0.0) + dt
         if self.count_flops:
-            self.flops += _layer_flops(layer, inputs[0], output)
+            f = _layer_flops(layer, inputs[0], output)
+            self.flops += f
+            self.flops_by_phase[name] = self.flops_by_phase.get(name, 0) + f
 
     def remove(self):
         for h in self.handles:
@@ -114,11 +123,13 @@ def _synthetic_images(batch_size, image_size, seed=0):
     return images
 
 
-def _force_detections(model, num_dets, seed=0):
+def _force_detections(model, num_dets):
     """Random-weight runs: make the outputs look like a trained model's so that every phase does its real
-    amount of work. Every RoI gets one random class with probability 0.95 (the others stay below NMS's
-    0.001 threshold), so NMS sees one candidate per RoI and ``keep_top_k = num_dets`` fixes the detection
-    count. Only parameters and the final class probabilities are changed; all computation runs as usual."""
+    amount of work. Every RoI gets one class (a hash of its box coordinates) with probability 0.95 (the
+    others stay below NMS's 0.001 threshold), so NMS sees one candidate per RoI and ``keep_top_k =
+    num_dets`` fixes the detection count. Only parameters and the final class probabilities are changed;
+    all computation runs as usual, and the change is made of tensor ops so that exported programs
+    (Paddle Inference runtimes) do the same."""
     # Untrained deltas on exploding random activations would decode every proposal to the image border
     # and NMS would merge them: zero them so proposals are the (diverse) anchors, as in a trained model.
     with paddle.no_grad():
@@ -129,11 +140,11 @@ def _force_detections(model, num_dets, seed=0):
     head = model.bbox_head
     predict = head.predict
     num_classes = head.num_classes
-    gen = np.random.default_rng(seed)
 
     def predict_with_peaked_scores(*args, **kwargs):
         probs, deltas, rois = predict(*args, **kwargs)
-        cls = paddle.to_tensor(gen.integers(0, num_classes, size=probs.shape[0]).astype("int64"))
+        code = rois[:, 0] * 0.37 + rois[:, 1] * 0.71 + rois[:, 2] * 0.13 + rois[:, 3] * 0.53
+        cls = paddle.remainder(paddle.floor(code).astype("int64"), paddle.full([1], num_classes, "int64"))
         onehot = paddle.nn.functional.one_hot(cls, num_classes + 1).astype(probs.dtype)
         return onehot * 0.95 + (1 - onehot) * (0.05 / num_classes), deltas, rois
 
@@ -142,12 +153,20 @@ def _force_detections(model, num_dets, seed=0):
 
 
 def benchmark_inference(cfg, image_size=(800, 1333), batch_size=1, iters=10, warmup=2, num_dets=100,
-                        use_weights=False, device=None, progress=True, image_file=None):
+                        use_weights=False, device=None, progress=True, image_file=None, runtime=None, exact=False,
+                        peak=True):
     """Latency and phase breakdown of ``predict`` (preprocessing, model, conversion to COCO results).
 
-    ``image_file``: time this real image (each of the ``batch_size`` slots) instead of synthetic ones.
+    ``image_file``: time this image (each of the ``batch_size`` slots) instead of synthetic ones.
+    ``runtime`` / ``exact``: how the model runs (``engine/runtimes.py``; default the fast runtime).
+    ``peak``: also measure the machine's attainable FP32 rate (``kernel_rates``) and report the model's
+    achieved rate as a fraction of it.
     """
+    from .kernel_rates import machine_description, measure_peak_rates
+    from .runtimes import build_runner, resolve_runtime
+
     device = select_device(cfg, device)
+    runtime = resolve_runtime(runtime, exact, device)
     h, w = int(image_size[0]), int(image_size[1])
     merge_config(cfg, {"TestReader": {"sample_transforms": [
         {"Decode": {}}, {"Resize": {"target_size": [h, w], "keep_ratio": True, "interp": 1}},
@@ -175,8 +194,7 @@ def benchmark_inference(cfg, image_size=(800, 1333), batch_size=1, iters=10, war
         images = _synthetic_images(batch_size, (h, w))
     clsid2catid = {i: i + 1 for i in range(int(cfg.get("num_classes", 80)))}
 
-    def run_once(timer=None):
-        t0 = time.perf_counter()
+    def make_batch():
         samples = []
         for i, im in enumerate(images):
             s = {"image": im, "im_file": "synthetic", "im_id": np.array([i], dtype=np.int64)}
@@ -185,32 +203,50 @@ def benchmark_inference(cfg, image_size=(800, 1333), batch_size=1, iters=10, war
             samples.append(s)
         for op in batch_ops:
             samples = op(samples)
-        batch = collate(samples)
-        if timer is not None:
-            timer.add("preprocess", time.perf_counter() - t0)
-        with paddle.no_grad():
-            out = model({k: batch[k] for k in MODEL_INPUTS})
+        return collate(samples)
+
+    # FLOPs of the model per phase, counted by hooks during one dynamic-graph pass (same for every runtime).
+    meter = LayerMeter(model)
+    with PhaseTimer():
+        DynamicRunner(model).detect(make_batch())
+    flops_per_batch, flops_by_phase = meter.flops, dict(meter.flops_by_phase)
+    meter.count_flops = False
+    dynamic = runtime in ("exact", "dynamic")
+    if not dynamic:
+        meter.remove()
+    t_build = time.perf_counter()
+    runner = build_runner(model, runtime)
+    build_seconds = time.perf_counter() - t_build
+    runtime = runner.runtime  # a Paddle Inference runtime that could not be built falls back to 'dynamic'
+    dynamic = runtime in ("exact", "dynamic")
+    model_phase = "model ({})".format(runner.kernels)
+
+    def run_once(timer=None):
+        t0 = time.perf_counter()
+        batch = make_batch()
         t1 = time.perf_counter()
-        dets = split_outputs(out, batch["im_id"], model.mask_post_process)
+        if timer is not None:
+            timer.add("preprocess", t1 - t0)
+        dets = runner.detect(batch)
+        t2 = time.perf_counter()
+        if timer is not None and not dynamic:
+            timer.add(model_phase, t2 - t1)
         detections_to_coco(dets, clsid2catid)
         _sync()
         if timer is not None:
-            timer.add("to_coco_results", time.perf_counter() - t1)
+            timer.add("to_coco_results", time.perf_counter() - t2)
         return time.perf_counter() - t0, dets
 
-    meter = LayerMeter(model)
     for _ in range(warmup):
-        meter.count_flops = True
-        meter.flops = 0
         run_once()
-    flops_per_batch = meter.flops
-    meter.count_flops = False
-    latencies, phase_runs, layer_secs, det_counts, layer_phase_runs = [], [], [], [], []
+    latencies, cpu_secs, phase_runs, layer_secs, det_counts, layer_phase_runs = [], [], [], [], [], []
     for _ in range(iters):
         meter.seconds = 0.0
         meter.by_phase = {}
+        c0 = time.process_time()
         with PhaseTimer() as timer:
             seconds, dets = run_once(timer)
+        cpu_secs.append(time.process_time() - c0)
         latencies.append(seconds)
         layer_secs.append(meter.seconds)
         phase_runs.append(dict(timer.times))
@@ -221,13 +257,14 @@ def benchmark_inference(cfg, image_size=(800, 1333), batch_size=1, iters=10, war
     median = statistics.median(per_image)
     names = sorted({k for r in phase_runs for k in r}, key=_phase_order)
     phases = {k: statistics.median([r.get(k, 0.0) for r in phase_runs]) / batch_size * 1000 for k in names}
-    # Per phase, the part outside convolutions / matrix products (where overhead lives).
-    phase_overhead = {k: statistics.median([r.get(k, 0.0) - lr.get(k, 0.0) for r, lr in
-                                            zip(phase_runs, layer_phase_runs)]) / batch_size * 1000 for k in names}
-    layer_median = statistics.median([s / t for s, t in zip(layer_secs, latencies)])
     result = dict(machine_info(device))
+    threads = _threads()
+    result.update(machine_description(threads))
     result.update({
         "config": cfg.get("filename"),
+        "runtime": runtime,
+        "kernels": runner.kernels,
+        "runner_build_s": build_seconds,
         "image": image_file or "synthetic",
         "image_size": [h, w],
         "batch_size": batch_size,
@@ -236,18 +273,61 @@ def benchmark_inference(cfg, image_size=(800, 1333), batch_size=1, iters=10, war
         "weights": weights or "random (peaked scores, keep_top_k={})".format(num_dets),
         "detections_per_image": statistics.median(det_counts),
         "latency_ms": {"median": median * 1000, "min": min(per_image) * 1000, "max": max(per_image) * 1000},
+        "cpu_seconds_per_image": statistics.median(cpu_secs) / batch_size,
         "images_per_s": 1.0 / median,
         "peak_rss_mb": _peak_rss_mb(),
         "gflops": flops_per_batch / batch_size / 1e9,
         "achieved_gflops_per_s": flops_per_batch / batch_size / 1e9 / median,
-        "conv_matmul_ms": layer_median * median * 1000,
-        "overhead_fraction": 1.0 - layer_median,
         "phases_ms": phases,
-        "phases_overhead_ms": phase_overhead,
+        "phase_gflops": {k: v / batch_size / 1e9 for k, v in flops_by_phase.items() if k},
     })
+    # Which kernels each phase ran.
+    if dynamic:
+        mkl = os.environ.get("MKL_DEBUG_CPU_TYPE")
+        conv_kernel = "native conv2d/matmul (MKL sgemm{})".format(", AVX2 dispatch forced" if mkl == "5" else "")
+        result["phase_kernels"] = {k: (conv_kernel if flops_by_phase.get(k) else "native") for k in names
+                                   if k not in ("preprocess", "to_coco_results")}
+        result["phase_kernels"].update({"preprocess": "OpenCV/NumPy", "to_coco_results": "NumPy/pycocotools"})
+        layer_median = statistics.median([s / t for s, t in zip(layer_secs, latencies)])
+        # Per phase, the part outside convolutions / matrix products (where overhead lives).
+        result["phases_overhead_ms"] = {k: statistics.median([r.get(k, 0.0) - lr.get(k, 0.0) for r, lr in
+                                                               zip(phase_runs, layer_phase_runs)]) / batch_size * 1000
+                                        for k in names}
+        conv_ms = {k: statistics.median([lr.get(k, 0.0) for lr in layer_phase_runs]) / batch_size * 1000
+                   for k in names}
+        result["phase_conv_gflops_per_s"] = {k: flops_by_phase[k] / batch_size / 1e9 / (conv_ms[k] / 1000)
+                                             for k in names if flops_by_phase.get(k) and conv_ms.get(k)}
+        result["conv_matmul_ms"] = layer_median * median * 1000
+        result["overhead_fraction"] = 1.0 - layer_median
+        conv_rate = flops_per_batch / batch_size / 1e9 / (result["conv_matmul_ms"] / 1000)
+    else:
+        result["phase_kernels"] = {"preprocess": "OpenCV/NumPy", model_phase: runner.kernels + " (whole program)",
+                                   "to_coco_results": "NumPy/pycocotools"}
+        model_ms = phases.get(model_phase, 0.0)
+        result["phase_gflops"] = {model_phase: flops_per_batch / batch_size / 1e9}
+        result["phase_conv_gflops_per_s"] = {model_phase: flops_per_batch / batch_size / 1e9 / (model_ms / 1000)}
+        result["conv_matmul_ms"] = None
+        result["overhead_fraction"] = None  # not measurable inside a Paddle Inference program
+        conv_rate = None
+    result["phase_achieved_gflops_per_s"] = {k: flops_by_phase[k] / batch_size / 1e9 / (phases[k] / 1000)
+                                             for k in names if flops_by_phase.get(k) and phases.get(k)}
+    if not dynamic:
+        result["phase_achieved_gflops_per_s"] = dict(result["phase_conv_gflops_per_s"])
+    if peak:
+        rates = measure_peak_rates(threads)
+        attainable = rates["attainable"]["gflops_per_s"]
+        result["peak_rates"] = rates
+        result["fraction_of_attainable"] = result["achieved_gflops_per_s"] / attainable
+        result["conv_fraction_of_attainable"] = conv_rate / attainable if conv_rate else None
     if device.startswith("gpu"):
         result["peak_gpu_memory_mb"] = paddle.device.cuda.max_memory_allocated() / 2 ** 20
     return result
+
+
+def _threads():
+    from .model_builder import cpu_threads
+
+    return cpu_threads() or set_cpu_threads()
 
 
 _ORDER = ["preprocess", "backbone_fpn", "semantic_head", "rpn", "box_stage0", "box_stage1", "box_stage2",
@@ -256,6 +336,8 @@ _ORDER = ["preprocess", "backbone_fpn", "semantic_head", "rpn", "box_stage0", "b
 
 
 def _phase_order(name):
+    if name.startswith("model ("):  # a whole Paddle Inference program
+        return _ORDER.index("backbone_fpn")
     return _ORDER.index(name) if name in _ORDER else len(_ORDER)
 
 
@@ -290,8 +372,84 @@ def _synthetic_train_batch(batch_size, image_size, num_classes, seed=0, semantic
     return batch
 
 
+# (object path, attribute, phase name): training steps timed by wrapping them (no edit of the model code).
+# Target assignment (RPN and RoI sampling: "target_assign") and the mask targets ("mask_targets") are phases
+# of the model itself (utils.timing.phase inside it), so they are not wrapped here.
+_TRAIN_STEP_HOOKS = (
+    ("bbox_head", "stage_forward", "box_heads"),
+    ("bbox_head", "_box_loss", "box_loss"),
+    ("bbox_head.mask_head", "loss", "mask_heads"),
+    ("fused_semantic_head", "loss", "semantic_loss"),
+)
+_TRAIN_LAYER_PHASES = (("rpn_head", "rpn"),)
+
+
+def _resolve(root, path):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _instrument_training(model):
+    """Phase timing around the trainer-visible steps of a training forward. Returns ``(undo, missing)``:
+    a function restoring the model, and the steps that could not be hooked (renamed in the model code)."""
+    undo, missing = [], []
+    for path, name in _TRAIN_LAYER_PHASES:
+        layer = _resolve(model, path)
+        if layer is None:
+            continue
+        if not isinstance(layer, paddle.nn.Layer):
+            missing.append("{} ({})".format(name, path))
+            continue
+
+        def pre(_layer, _inputs, name=name):
+            timer = active_timer()
+            if timer is not None:
+                timer.push(name)
+
+        def post(_layer, _inputs, _out):
+            timer = active_timer()
+            if timer is not None:
+                timer.pop()
+
+        undo += [layer.register_forward_pre_hook(pre).remove, layer.register_forward_post_hook(post).remove]
+    for path, attr, name in _TRAIN_STEP_HOOKS:
+        obj = _resolve(model, path)
+        if obj is None:  # the config has no such module (e.g. no semantic head)
+            continue
+        fn = getattr(obj, attr, None)
+        if fn is None or not callable(fn):
+            missing.append("{} ({}.{})".format(name, path, attr))
+            continue
+        had_own = attr in vars(obj)
+
+        def timed(*args, _fn=fn, _name=name, **kwargs):
+            with phase(_name):
+                return _fn(*args, **kwargs)
+
+        try:
+            object.__setattr__(obj, attr, timed)
+        except (TypeError, AttributeError):
+            missing.append("{} ({}.{})".format(name, path, attr))
+            continue
+        undo.append(lambda obj=obj, attr=attr, fn=fn, had_own=had_own:
+                    object.__setattr__(obj, attr, fn) if had_own else object.__delattr__(obj, attr))
+
+    def restore():
+        for u in reversed(undo):
+            u()
+
+    return restore, missing
+
+
 def benchmark_training(cfg, image_size=(800, 1333), batch_size=2, iters=5, warmup=2, device=None):
-    """Training images/s on synthetic batches (model forward + losses + backward + optimizer step)."""
+    """Training images/s on synthetic batches, and the median time per step phase: data (making the synthetic
+    batch), forward by module (``backbone_fpn``, ``semantic_head``, ``rpn``, ``target_assign`` (RPN anchors
+    and RoI sampling, the model's own phase), ``box_heads``, ``box_loss``, ``mask_targets`` (the model's own
+    phase), ``mask_heads``, ``semantic_loss``, ``forward (other)``), ``backward`` and ``optimizer``."""
     from ..core import create
 
     device = select_device(cfg, device)
@@ -302,21 +460,37 @@ def benchmark_training(cfg, image_size=(800, 1333), batch_size=2, iters=5, warmu
     sched = create("LearningRate", cfg)(1000)
     opt = create("OptimizerBuilder", cfg)(sched, model)
     num_classes = int(cfg.get("num_classes", 80))
-    batches = [_synthetic_train_batch(batch_size, image_size, num_classes, seed=i, semantic_classes=sem_classes)
-               for i in range(2)]
-    times = []
-    for i in range(warmup + iters):
-        t0 = time.perf_counter()
-        losses = model(batches[i % 2])
-        losses["loss"].backward()
-        opt.step()
-        opt.clear_grad()
-        _sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
+    restore, missing = _instrument_training(model)
+    times, phase_runs = [], []
+    try:
+        for i in range(warmup + iters):
+            with PhaseTimer() as timer:
+                t0 = time.perf_counter()
+                with phase("data (synthetic batch)"):
+                    batch = _synthetic_train_batch(batch_size, image_size, num_classes, seed=i % 2,
+                                                   semantic_classes=sem_classes)
+                with phase("forward (other)"):
+                    losses = model(batch)
+                with phase("backward"):
+                    losses["loss"].backward()
+                with phase("optimizer"):
+                    opt.step()
+                    opt.clear_grad()
+                _sync()
+                dt = time.perf_counter() - t0
+            if i >= warmup:
+                times.append(dt)
+                phase_runs.append(dict(timer.times))
+    finally:
+        restore()
     med = statistics.median(times)
+    names = []
+    for r in phase_runs:
+        names.extend(k for k in r if k not in names)
+    phases = {k: statistics.median([r.get(k, 0.0) for r in phase_runs]) * 1000 for k in names}
     result = dict(machine_info(device))
     result.update({"config": cfg.get("filename"), "image_size": list(image_size), "batch_size": batch_size,
                    "iters": iters, "seconds_per_iter": {"median": med, "min": min(times), "max": max(times)},
-                   "train_images_per_s": batch_size / med, "peak_rss_mb": _peak_rss_mb()})
+                   "train_images_per_s": batch_size / med, "peak_rss_mb": _peak_rss_mb(),
+                   "phases_ms": phases, "missing_hooks": missing})
     return result

@@ -10,13 +10,11 @@ from ..errors import ConfigError
 from ..metrics.coco_eval import COCOMetric
 from ..utils.progress import progress as progress_reporter
 from .model_builder import build_model, load_model_weights, select_device, weights_file
-from .outputs import split_outputs
+from .runtimes import DynamicRunner, build_runner, resolve_runtime
 
 __all__ = ["evaluate", "build_eval_dataset", "default_output_dir"]
 
 logger = logging.getLogger(__name__)
-
-MODEL_INPUTS = ("image", "im_shape", "scale_factor")
 
 
 def default_output_dir(cfg):
@@ -33,13 +31,17 @@ def build_eval_dataset(cfg):
 
 
 def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, progress=True, device=None,
-             rank=0, world_size=1):
+             rank=0, world_size=1, exact=False, runtime=None):
     """Run the model over ``EvalDataset`` and score it with pycocotools.
 
     ``model``: an already built (and loaded) model, e.g. during training; otherwise it is built from the
     config and ``weights`` (default ``cfg.weights``) are loaded strictly. Writes ``bbox.json``,
     ``mask.json`` and ``metrics.json`` into ``output_eval`` (default: :func:`default_output_dir`).
-    Returns the metrics dict ``{'bbox': {...}, 'segm': {...}}`` plus ``images_per_s``.
+    Returns the metrics dict ``{'bbox': {...}, 'segm': {...}}`` plus ``images_per_s`` and ``timing``
+    (seconds waiting for the reader vs. running the model: evaluation is loading-bound when the wait is large).
+
+    ``runtime`` / ``exact``: how a model built here runs (``engine/runtimes.py``; default: the fast runtime).
+    A ``model`` passed in (training) always runs as it is, in the dynamic graph.
 
     With ``world_size > 1`` (during distributed training) every process runs its share of the images at
     the same time and rank 0 gathers the results and scores them; other ranks return None.
@@ -61,9 +63,13 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     metric = COCOMetric(dataset.get_anno(), clsid2catid=dataset.clsid2catid, output_eval=output_eval,
                         classwise=classwise, image_root=image_root)
     if model is None:
-        select_device(cfg, device)
+        device = select_device(cfg, device)
         model = build_model(cfg)
         load_model_weights(model, weights_path)
+        runner = build_runner(model, resolve_runtime(runtime, exact, device))
+    else:
+        runner = DynamicRunner(model)
+    logger.info("evaluation runtime: %s (%s)", runner.runtime, runner.kernels)
     was_training = model.training
     model.eval()
     n_images = 0
@@ -71,10 +77,18 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     bar = progress_reporter(total=sum(len(b) for b in reader.batch_indices()), desc="eval", unit="img",
                             enabled=progress and rank == 0)
     seen = set()
+    wait_s = model_s = 0.0
+    batches = iter(reader)
     with paddle.no_grad():
-        for batch in reader:
-            outputs = model({k: batch[k] for k in MODEL_INPUTS})
-            dets = split_outputs(outputs, batch["im_id"], getattr(model, "mask_post_process", None))
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            wait_s += t1 - t0
+            if batch is None:
+                break
+            dets = runner.detect(batch)
+            model_s += time.perf_counter() - t1
             dets = [d for d in dets if d["im_id"] not in seen]  # the last batch is never padded, but be safe
             seen.update(d["im_id"] for d in dets)
             metric.update(dets)
@@ -95,7 +109,10 @@ def evaluate(cfg, model=None, weights=None, output_eval=None, classwise=False, p
     metrics = metric.accumulate()
     print(metric.format_table())
     metrics["images_per_s"] = n_images / elapsed
-    logger.info("evaluated %d images in %.1f s (%.2f images/s)", n_images, elapsed, metrics["images_per_s"])
+    metrics["timing"] = {"reader_wait_s": wait_s, "model_s": model_s, "total_s": elapsed,
+                         "reader_workers": reader.worker_num, "runtime": runner.runtime}
+    logger.info("evaluated %d images in %.1f s (%.2f images/s; model %.1f s, waiting for data %.1f s with %d "
+                "reader workers)", n_images, elapsed, metrics["images_per_s"], model_s, wait_s, reader.worker_num)
     return metrics
 
 

@@ -2,6 +2,8 @@
 import logging
 import os
 
+import numpy as np
+
 from ..metrics.coco_eval import detections_to_coco
 from ..errors import ImageDecodeError, ImagesFailedError, UsageError
 from ..utils.io import write_json_atomic
@@ -99,32 +101,77 @@ def picture_paths(images, output_dir):
     return paths, renamed
 
 
-def _predict_chunk(detector, chunk, start, strict, failures):
-    """``[(index, path, det)]`` for the readable images of ``chunk``; unreadable ones go to ``failures``."""
-    try:
-        dets = detector.predict(list(chunk), batch_size=len(chunk))
-        return [(start + i, p, d) for i, (p, d) in enumerate(zip(chunk, dets))]
-    except _UNREADABLE as e:
-        if strict:
-            raise
-        error = e
-    out = []
-    for i, path in enumerate(chunk):  # find which images of the batch are unreadable
+class _ImageRecords(object):
+    """``{im_file, im_id}`` records of a list of image paths (a fresh dict per access: transforms fill it)."""
+
+    def __init__(self, images):
+        self.images = [os.fspath(p) for p in images]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return {"im_file": self.images[index], "im_id": np.array([index], dtype=np.int64)}
+
+
+# Set on the record of an image that could not be read (its reason), and on a batch: the unreadable images.
+_UNREADABLE_KEY = "unreadable"
+_SKIPPED_KEY = "skipped_images"
+
+
+class _SkipUnreadable(object):
+    """The detector's sample transforms as one op; an unreadable image becomes a record holding the reason
+    instead of an error (``strict``: the error is raised)."""
+
+    def __init__(self, ops, strict):
+        self.ops = list(ops)
+        self.strict = strict
+
+    def __call__(self, record, rng=None):
         try:
-            det = detector.predict([path], batch_size=1)[0] if len(chunk) > 1 else None
-            if det is None:
-                raise error
+            for op in self.ops:
+                record = op(record, rng)
         except _UNREADABLE as e:
+            if self.strict:
+                raise
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            logger.warning("skipped %s: %s", path, reason)
-            failures.append((path, reason))
-            continue
-        out.append((start + i, path, det))
-    return out
+            return {"im_file": record.get("im_file"), "im_id": record.get("im_id"), _UNREADABLE_KEY: reason}
+        return record
+
+
+class _BatchOfReadable(object):
+    """The detector's batch transforms on the readable images of a batch; the unreadable ones travel along as
+    ``[(path, reason)]`` on the first sample (or on the batch's only record when none is readable)."""
+
+    def __init__(self, ops):
+        self.ops = list(ops)
+
+    def __call__(self, samples, rng=None):
+        skipped = [(s["im_file"], s[_UNREADABLE_KEY]) for s in samples if _UNREADABLE_KEY in s]
+        readable = [s for s in samples if _UNREADABLE_KEY not in s]
+        if not readable:
+            return [{_SKIPPED_KEY: skipped}]
+        for op in self.ops:
+            readable = op(readable, rng)
+        for i, s in enumerate(readable):
+            s[_SKIPPED_KEY] = skipped if i == 0 else []
+        return readable
+
+
+def _image_reader(detector, images, batch_size, worker_num, strict=False):
+    """Batches of ``images`` decoded and preprocessed by ``worker_num`` worker processes (0: inline), in order,
+    so that loading the next images overlaps with the model. Each batch has ``skipped_images``: a list per
+    sample of ``(path, reason)`` of the batch's unreadable images (a batch of only unreadable images has no
+    ``image``)."""
+    from ..data.loader import Reader
+
+    return Reader(_ImageRecords(images), [_SkipUnreadable(detector.sample_transforms, strict)],
+                  [_BatchOfReadable(detector.batch_transforms)], batch_size=batch_size, worker_num=worker_num,
+                  name="infer")
 
 
 def run_inference(detector, images, output_dir="output", draw_threshold=0.5, batch_size=1, save_images=True,
-                  image_ids=None, strict=False):
+                  image_ids=None, strict=False, worker_num=None):
     """Detect on ``images`` (paths) with a :class:`Detector`; write pictures and ``results.json``.
 
     ``image_ids`` maps file names to the ``image_id`` written in ``results.json`` (e.g. those of a COCO
@@ -133,6 +180,8 @@ def run_inference(detector, images, output_dir="output", draw_threshold=0.5, bat
     Inputs are never overwritten: see :func:`picture_paths`. An image that cannot be read is skipped (named
     in a warning); the results of all the others are written, then :class:`ImagesFailedError` names the
     skipped files. ``strict=True`` raises at the first unreadable image instead.
+    ``worker_num``: processes that decode and preprocess the next images while the model runs (default: the
+    config's ``worker_num``, at most 2; none for a single batch).
     Returns ``(path of results.json, list of per-image detections)``.
     """
     import cv2
@@ -145,13 +194,23 @@ def run_inference(detector, images, output_dir="output", draw_threshold=0.5, bat
         logger.warning("--output_dir %s would replace %d input image(s); their drawn pictures are written as "
                        "<name>%s<ext> instead (e.g. %s -> %s), the inputs stay untouched", output_dir, len(renamed),
                        _DRAWN_SUFFIX, os.path.basename(renamed[0][0]), os.path.basename(renamed[0][1]))
+    if worker_num is None:
+        worker_num = min(int(detector.cfg.get("worker_num", 0) or 0), 2)
+    if len(images) <= batch_size:
+        worker_num = 0
     all_dets = []
     file_names = {}
     failures = []
     bar = progress(total=len(images), desc="infer", unit="img")
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        for index, path, det in _predict_chunk(detector, chunk, start, strict, failures):
+    for batch in _image_reader(detector, images, batch_size, worker_num, strict):
+        skipped = [item for per_sample in batch.pop(_SKIPPED_KEY, []) for item in per_sample]
+        for path, reason in skipped:
+            logger.warning("skipped %s: %s", path, reason)
+        failures.extend(skipped)
+        dets = detector.detect_batch(batch) if "image" in batch else []
+        for det in dets:
+            index = det["im_id"]
+            path = images[index]
             im_id = image_ids.get(os.path.basename(path))
             if im_id is None or im_id in file_names:  # a second file of that name (another folder): a new id
                 im_id, next_id = next_id, next_id + 1
@@ -163,7 +222,7 @@ def run_inference(detector, images, output_dir="output", draw_threshold=0.5, bat
                 save_visualization(pictures[index], rgb, det["boxes"], det["scores"], det["labels"],
                                    masks=det["masks"], class_names=detector.class_names, threshold=draw_threshold)
             all_dets.append(det)
-        bar.update(len(chunk))
+        bar.update(len(dets) + len(skipped))
     bar.close()
     records = results_records(all_dets, detector.clsid2catid, file_names)
     path = os.path.join(output_dir, RESULTS_FILE)

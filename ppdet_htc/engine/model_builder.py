@@ -7,8 +7,8 @@ from ..core import create
 from ..errors import ConfigError
 from . import checkpoint
 
-__all__ = ["build_model", "select_device", "set_cpu_threads", "load_model_weights", "resolve_weights_file", "weights_file",
-           "label_info"]
+__all__ = ["build_model", "select_device", "set_cpu_threads", "cpu_threads", "load_model_weights",
+           "resolve_weights_file", "weights_file", "label_info"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +29,14 @@ def select_device(cfg=None, device=None):
 
 
 def set_cpu_threads(n=None):
-    """Threads for Paddle's CPU kernels: ``n``, else ``$OMP_NUM_THREADS``, else cores / local processes."""
+    """Threads for Paddle's CPU kernels: ``n``, else ``$OMP_NUM_THREADS`` as the user set it, else cores / local
+    processes. (Importing Paddle sets OMP_NUM_THREADS=1 when it is unset: that value is not the user's.)"""
     import os
 
+    from ..runtime import user_omp_num_threads
+
     if n is None:
-        env = os.environ.get("OMP_NUM_THREADS")
+        env = user_omp_num_threads()
         if env and env.isdigit():
             n = int(env)
         else:
@@ -44,7 +47,16 @@ def set_cpu_threads(n=None):
     except ImportError:  # pragma: no cover - very old Paddle
         from paddle.fluid import core
     core.set_num_threads(int(n))
+    _CPU_THREADS[0] = int(n)
     return int(n)
+
+
+_CPU_THREADS = [None]
+
+
+def cpu_threads():
+    """Threads last given to Paddle's CPU kernels by :func:`set_cpu_threads` (None before any call)."""
+    return _CPU_THREADS[0]
 
 
 def build_model(cfg):

@@ -28,10 +28,13 @@ def test_phase_timer_attributes_nested_time_to_the_innermost_phase():
 
 
 def test_benchmark_inference_report_is_consistent():
-    res = benchmark_inference(load_config(TINY), image_size=(160, 224), iters=2, warmup=1, num_dets=20)
+    res = benchmark_inference(load_config(TINY), image_size=(160, 224), iters=2, warmup=1, num_dets=20,
+                              runtime="exact", peak=False)
     for key in ("device", "paddle_version", "image_size", "batch_size", "latency_ms", "images_per_s",
-                "peak_rss_mb", "gflops", "phases_ms", "overhead_fraction"):
+                "peak_rss_mb", "gflops", "phases_ms", "overhead_fraction", "cpu", "cpu_flags", "threads",
+                "phase_kernels", "phase_gflops", "phase_conv_gflops_per_s", "cpu_seconds_per_image"):
         assert key in res
+    assert res["runtime"] == "exact" and res["threads"] >= 1
     assert res["detections_per_image"] == 20  # forced detection count with random weights
     lat = res["latency_ms"]
     assert lat["min"] <= lat["median"] <= lat["max"]
@@ -41,16 +44,42 @@ def test_benchmark_inference_report_is_consistent():
         assert name in res["phases_ms"], name
     # Phases partition the iteration: their sum is close to the median latency.
     assert sum(res["phases_ms"].values()) == pytest.approx(lat["median"], rel=0.25)
+    # FLOPs per phase add up to the model's; conv phases ran MKL-backed native kernels.
+    assert sum(res["phase_gflops"].values()) == pytest.approx(res["gflops"], rel=1e-6)
+    assert "MKL" in res["phase_kernels"]["backbone_fpn"] and res["phase_conv_gflops_per_s"]["backbone_fpn"] > 0
+
+
+def test_benchmark_onednn_runtime_measures_the_limit_and_the_fraction_of_it():
+    res = benchmark_inference(load_config(TINY), image_size=(128, 160), iters=1, warmup=1, num_dets=10,
+                              runtime="onednn", peak=True)
+    assert res["runtime"] == "onednn" and res["detections_per_image"] == 10  # forced detections survive export
+    model_phase = [k for k in res["phases_ms"] if k.startswith("model (")]
+    assert model_phase == ["model (Paddle Inference + oneDNN)"]
+    rates = res["peak_rates"]
+    for key in ("numpy_sgemm", "paddle_matmul", "paddle_conv2d", "onednn_sgemm", "onednn_conv2d"):
+        assert rates[key]["gflops_per_s"] > 0, key
+    assert rates["attainable"]["gflops_per_s"] == max(v["gflops_per_s"] for k, v in rates.items() if k != "attainable")
+    assert res["fraction_of_attainable"] == pytest.approx(
+        res["achieved_gflops_per_s"] / rates["attainable"]["gflops_per_s"])
+    assert res["overhead_fraction"] is None  # not measurable inside a Paddle Inference program
 
 
 def test_benchmark_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     benchmark_main(["-c", TINY, "--image_size", "128", "160", "--iters", "1", "--warmup", "1", "--num_dets", "10",
-                    "--train", "--train_iters", "1", "--train_batch_size", "1", "--json", str(out)])
+                    "--runtime", "exact", "--train", "--train_iters", "1", "--train_batch_size", "1", "--json", str(out)])
     data = json.loads(out.read_text())
     assert data["training"]["train_images_per_s"] > 0
     assert set(data["latency_ms"]) == {"median", "min", "max"}
-    assert "overhead" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "overhead" in out and "attainable FP32 rate" in out and "training phases" in out
+    phases = data["training"]["phases_ms"]
+    for name in ("data (synthetic batch)", "backbone_fpn", "rpn", "target_assign", "box_heads", "mask_targets",
+                 "mask_heads", "backward", "optimizer"):
+        assert phases.get(name, 0) > 0, name
+    assert data["training"]["missing_hooks"] == []
+    # The phases partition the step: they add up to about the median iteration time.
+    assert sum(phases.values()) / 1000 == pytest.approx(data["training"]["seconds_per_iter"]["median"], rel=0.3)
 
 
 def test_benchmark_training_with_semantic_head_uses_random_semantic_labels():
@@ -65,3 +94,24 @@ def test_benchmark_training_with_semantic_head_uses_random_semantic_labels():
     assert sem.shape == (1, 1, 128 // 8, 160 // 8) and sem.min() >= 0 and sem.max() < 7
     res = benchmark_training(cfg, image_size=(128, 160), batch_size=1, iters=1, warmup=1)
     assert res["train_images_per_s"] > 0 and res["seconds_per_iter"]["median"] > 0
+
+
+def test_compare_latency_runs_old_new_new_old(tmp_path):
+    """scripts/compare_latency.py: interleaved runs of an older commit and this checkout, and their ratio."""
+    import subprocess
+    import sys
+
+    if subprocess.run(["git", "-C", REPO, "cat-file", "-e", "3a6a67c^{commit}"], capture_output=True).returncode:
+        pytest.skip("the reference commit is not in this clone")
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    try:
+        import compare_latency
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "cmp.json"
+    code = compare_latency.main(["--old", "3a6a67c", "--target", "1000", "--json", str(out), "--new_args=--no_peak",
+                                 "--", "-c", TINY, "--image_size", "96", "128", "--iters", "1", "--warmup", "1",
+                                 "--num_dets", "5"])
+    data = json.loads(out.read_text())
+    assert code == 0 and len(data["runs_ms"]["old"]) == len(data["runs_ms"]["new"]) == 2
+    assert data["ratio"] > 0 and data["new_args"][-1] == "--no_peak"

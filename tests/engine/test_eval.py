@@ -213,3 +213,17 @@ def test_unavailable_weights_are_reported_first_saying_where_to_put_them(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "place it by hand at" in err[0] and str(tmp_path / "home") in err[0]
     assert "annotation" not in err[0]
+
+
+def test_fast_runtime_with_reader_workers_keeps_the_exact_metrics(same_size_set, tmp_path):
+    """The default fast runtime with a reader worker process gives the exact path's AP (within 0.1 points) and
+    reports where the time went (model vs waiting for the reader)."""
+    exact = evaluate(demo_eval_cfg(same_size_set, 1), output_eval=str(tmp_path / "exact"), progress=False, exact=True)
+    cfg = load_config(coco_config(same_size_set), ["worker_num=1"])
+    fast = evaluate(cfg, output_eval=str(tmp_path / "fast"), progress=False)
+    assert exact["timing"]["runtime"] == "exact" and fast["timing"]["runtime"] == "onednn"
+    assert fast["timing"]["reader_workers"] == 1
+    for t in ("bbox", "segm"):
+        assert abs(exact[t]["AP"] - fast[t]["AP"]) <= 0.001, (t, exact[t]["AP"], fast[t]["AP"])
+    timing = fast["timing"]
+    assert timing["model_s"] > 0 and 0 <= timing["reader_wait_s"] < timing["total_s"]

@@ -53,7 +53,7 @@ def exported(tmp_path_factory):
     out = export_main(["-c", TINY, "--output_dir", str(tmp / "inference"), "-o"] + opts)
     images = _images(str(tmp))
     dyn_dir = tmp / "dynamic"
-    infer_main(["-c", TINY, "--infer_dir", str(tmp), "--output_dir", str(dyn_dir), "-o"] + opts)
+    infer_main(["-c", TINY, "--infer_dir", str(tmp), "--output_dir", str(dyn_dir), "--exact", "-o"] + opts)
     return {"model_dir": out, "images": images, "dynamic": json.load(open(dyn_dir / "results.json")), "tmp": tmp}
 
 
@@ -77,7 +77,7 @@ def test_deploy_predictor_matches_dynamic_model(exported):
         sys.path.remove(DEPLOY)
     out = exported["tmp"] / "deployed"
     deploy_infer.main(["--model_dir", exported["model_dir"], "--image_dir", str(exported["tmp"]),
-                       "--output_dir", str(out)])
+                       "--output_dir", str(out), "--exact"])
     static = json.load(open(out / "results.json"))
     dynamic = exported["dynamic"]
     by_file = lambda recs: {f: [r for r in recs if r["file_name"] == f] for f in {r["file_name"] for r in recs}}
@@ -99,8 +99,43 @@ def test_deploy_predictor_matches_dynamic_model(exported):
     assert os.path.isfile(out / "img0.png")  # the drawn picture
 
 
-def test_deploy_with_onednn_runs_and_agrees_closely(exported):
-    """oneDNN kernels are faster but not bit-identical: the confident detections must agree."""
+@pytest.mark.parametrize("engine", [None, "openvino"])
+def test_deploy_fast_engines_match_the_exact_path(exported, engine):
+    """The default (oneDNN) and OpenVINO engines: every exact detection clearly above the score threshold is
+    found again at box IoU >= 0.98 and score within 0.005, and vice versa."""
+    import sys
+
+    from tests.detection_parity import SCORE_TOL, unmatched
+
+    import paddle
+
+    if engine == "openvino" and not hasattr(paddle.inference.Config(), "enable_openvino_engine"):
+        pytest.skip("Paddle {} has no OpenVINO engine".format(paddle.__version__))
+    sys.path.insert(0, DEPLOY)
+    try:
+        import infer as deploy_infer
+    finally:
+        sys.path.remove(DEPLOY)
+    recs = deploy_infer.main(["--model_dir", exported["model_dir"], "--image_dir", str(exported["tmp"]),
+                              "--cpu_threads", "1"] + (["--engine", engine] if engine else []))
+    dynamic = exported["dynamic"]
+    files = sorted({r["file_name"] for r in dynamic})
+
+    def dets(rs):
+        out = []
+        for f in files:
+            mine = [r for r in rs if r["file_name"] == f]
+            out.append({"boxes": np.array([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (r["bbox"] for r in mine)],
+                                          np.float64).reshape(-1, 4),
+                        "scores": np.array([r["score"] for r in mine]), "labels": np.array([r["category_id"] for r in mine])})
+        return out
+
+    assert unmatched(dets(dynamic), dets(recs), 0.18 + SCORE_TOL) == []
+    assert unmatched(dets(recs), dets(dynamic), 0.18 + SCORE_TOL) == []
+    assert not any(r["file_name"] == "blank.png" for r in recs)
+
+
+def test_deploy_sets_the_mkl_switch_only_on_amd_and_never_over_the_user(tmp_path):
     import sys
 
     sys.path.insert(0, DEPLOY)
@@ -108,14 +143,16 @@ def test_deploy_with_onednn_runs_and_agrees_closely(exported):
         import infer as deploy_infer
     finally:
         sys.path.remove(DEPLOY)
-    recs = deploy_infer.main(["--model_dir", exported["model_dir"], "--image_dir", str(exported["tmp"]),
-                              "--enable_mkldnn", "--cpu_threads", "1"])
-    dynamic = exported["dynamic"]
-    top = lambda rs, f: max((r for r in rs if r["file_name"] == f), key=lambda r: r["score"])
-    for f in {r["file_name"] for r in dynamic}:
-        a, b = top(dynamic, f), top(recs, f)
-        assert a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) < 0.02
-        assert np.abs(np.array(a["bbox"]) - np.array(b["bbox"])).max() < 1.0
+    amd = tmp_path / "amd"
+    amd.write_text("vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx avx2 fma\n")
+    intel = tmp_path / "intel"
+    intel.write_text("vendor_id\t: GenuineIntel\nflags\t\t: fpu avx avx2 fma\n")
+    env = {}
+    assert deploy_infer.prefer_fast_mkl_on_amd(env, str(amd)) and env["MKL_DEBUG_CPU_TYPE"] == "5"
+    env = {}
+    assert not deploy_infer.prefer_fast_mkl_on_amd(env, str(intel)) and env == {}
+    env = {"MKL_DEBUG_CPU_TYPE": "3"}
+    assert not deploy_infer.prefer_fast_mkl_on_amd(env, str(amd)) and env["MKL_DEBUG_CPU_TYPE"] == "3"
 
 
 @pytest.mark.parametrize("mmdet", [False, True])

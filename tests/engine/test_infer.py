@@ -1,5 +1,5 @@
-"""scripts/infer.py: class names without any dataset, results.json image ids from the annotation file; under
-faults: inputs are never overwritten, one bad image does not lose the others."""
+"""scripts/infer.py: class names without any dataset, results.json image ids from the annotation file, images
+loaded by worker processes; under faults: inputs are never overwritten, one bad image does not lose the others."""
 import hashlib
 import json
 import os
@@ -7,14 +7,17 @@ import shutil
 
 import cv2
 import numpy as np
+import paddle
 import pytest
 
 from ppdet_htc.cli import infer_main
 from ppdet_htc.core import load_config
 from ppdet_htc.data.demo_shapes import CATEGORIES, generate_demo_dataset
 from ppdet_htc.engine.checkpoint import save_state_file
-from ppdet_htc.engine.infer import picture_paths
+from ppdet_htc.engine.infer import picture_paths, run_inference
 from ppdet_htc.engine.model_builder import build_model
+from ppdet_htc.engine.predictor import Detector
+from tests.engine.test_export import _images
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "tests", "fixtures", "htc_tiny.yml")
@@ -232,3 +235,22 @@ def test_files_of_one_name_in_two_folders_get_distinct_image_ids(tmp_path, weigh
     det = Detector(TINY, weights=weights, overrides=["TestDataset.anno_path=null"])
     path, dets = run_inference(det, [a, b], str(tmp_path / "out"), save_images=False, image_ids={"img0.png": 7})
     assert [d["im_id"] for d in dets] == [7, 8]
+
+
+def test_worker_processes_give_the_inline_results(tmp_path):
+    """Images decoded by worker processes give the same detections as inline loading."""
+    paddle.seed(1)
+    weights = str(tmp_path / "tiny.pdparams")
+    save_state_file(weights, build_model(load_config(TINY)).state_dict())
+    cfg = load_config(TINY, ["BBoxPostProcess.nms.score_threshold=0.18", "TestDataset.anno_path=null"])
+    det = Detector(cfg, weights=weights, exact=True)
+    images = _images(str(tmp_path))
+    p0, dets0 = run_inference(det, images, str(tmp_path / "w0"), batch_size=1, save_images=False, worker_num=0)
+    p2, dets2 = run_inference(det, images, str(tmp_path / "w2"), batch_size=1, save_images=True, worker_num=2)
+    assert [d["im_id"] for d in dets2] == list(range(len(images)))  # in order
+    assert sum(len(d["scores"]) for d in dets0) > 0
+    for a, b in zip(dets0, dets2):
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-4)
+        np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-2)
+    assert len(json.load(open(p0))) == len(json.load(open(p2)))
+    assert (tmp_path / "w2" / "img0.png").is_file()

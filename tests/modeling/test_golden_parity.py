@@ -48,8 +48,13 @@ def _box_iou(a, b):
     return inter / union if union > 0 else 0.0
 
 
-@pytest.fixture(scope="module")
-def golden_run(tmp_path_factory):
+@pytest.fixture(scope="module", params=["exact", "fast"])
+def golden_run(request, tmp_path_factory):
+    """The golden case on the exact path and on the default fast runtime (engine/runtimes.py)."""
+    return _golden_run(tmp_path_factory, exact=request.param == "exact")
+
+
+def _golden_run(tmp_path_factory, exact):
     ref = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "reference"))
     golden = os.path.join(ref, "golden_small")
     if not os.path.isdir(golden):
@@ -60,7 +65,7 @@ def golden_run(tmp_path_factory):
     paddle.save({k: paddle.to_tensor(npz[k].astype("float32")) for k in npz.files}, weights)  # as its README says
     cfg_path = tmp / "golden.yml"
     cfg_path.write_text(GOLDEN_CONFIG.format(ref=ref, golden=golden))
-    det = Detector(str(cfg_path), weights=weights)
+    det = Detector(str(cfg_path), weights=weights, exact=exact)
     anno = os.path.join(golden, "data", "annotations", "instances_val.json")
     coco = COCO(anno)
     ids = sorted(coco.getImgIds())
@@ -114,3 +119,26 @@ def test_results_file_records_pair_boxes_and_masks(golden_run):
     assert all(set(r) >= {"image_id", "category_id", "bbox", "score", "segmentation", "file_name"} for r in recs)
     decoded = mask_util.decode([r["segmentation"] for r in recs[:3]])
     np.testing.assert_array_equal(decoded.transpose(2, 0, 1), d["masks"][:3])
+
+
+@pytest.fixture(scope="module")
+def golden_exact(tmp_path_factory):
+    return _golden_run(tmp_path_factory, exact=True)
+
+
+def test_fast_runtime_matches_the_exact_path(tmp_path_factory, golden_exact):
+    """Default fast runtime vs exact path: every detection matched at box IoU >= 0.98 and score within 0.005
+    (both ways, above the tolerance band of NMS's score threshold), and AP within 0.1 points."""
+    from tests.detection_parity import SCORE_TOL, unmatched
+
+    fast = _golden_run(tmp_path_factory, exact=False)
+    assert fast["det"].runtime != "exact"
+    threshold = 0.001 + SCORE_TOL  # the config's NMS score threshold plus the tolerance
+    assert unmatched(golden_exact["dets"], fast["dets"], threshold) == []
+    assert unmatched(fast["dets"], golden_exact["dets"], threshold) == []
+    for iou_type in ("bbox", "segm"):
+        aps = []
+        for run in (golden_exact, fast):
+            stats, _ = evaluate_results(run["coco"], [dict(r) for r in run[iou_type]], iou_type)
+            aps.append(np.array([stats[k] for k in STAT_NAMES[:12]], dtype=np.float64))
+        assert np.abs(aps[0] - aps[1]).max() <= 0.001, (iou_type, aps)

@@ -1,0 +1,112 @@
+"""Runtimes: the fast ones (BN folded, Paddle Inference with oneDNN / OpenVINO) give the exact path's
+detections within the stated tolerance (box IoU >= 0.98, score within 0.005)."""
+import os
+
+import numpy as np
+import paddle
+import pytest
+
+from ppdet_htc.core import load_config
+from ppdet_htc.engine.checkpoint import save_state_file
+from ppdet_htc.engine.model_builder import build_model
+from ppdet_htc.engine.predictor import Detector
+from ppdet_htc.engine.runtimes import DEFAULT_RUNTIME, RUNTIME_ENV, resolve_runtime
+from tests.detection_parity import SCORE_TOL, unmatched
+from tests.engine.test_export import TINY, _images
+
+THRESHOLD = 0.18
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runtimes")
+    # With the semantic head: its feature is added to every RoI feature, so an error there moves every box.
+    semantic = ["HybridTaskCascade.fused_semantic_head=FusedSemanticHead", "FusedSemanticHead.semantic_num_class=7"]
+    paddle.seed(1)
+    model = build_model(load_config(TINY, semantic))
+    weights = str(tmp / "tiny.pdparams")
+    save_state_file(weights, model.state_dict())
+    opts = semantic + ["BBoxPostProcess.nms.score_threshold={}".format(THRESHOLD), "TestDataset.anno_path=null"]
+    cfg = load_config(TINY, opts)
+    assert build_model(cfg).with_semantic
+    images = _images(str(tmp))
+    exact = Detector(cfg, weights=weights, exact=True)
+    assert exact.runtime == "exact"
+    return {"cfg": cfg, "weights": weights, "images": images, "exact": exact.predict(images)}
+
+
+def test_resolve_runtime(monkeypatch):
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    monkeypatch.delenv("PPDET_HTC_EXACT", raising=False)
+    assert resolve_runtime() == DEFAULT_RUNTIME == "onednn"
+    assert resolve_runtime("openvino", exact=True) == "exact"
+    assert resolve_runtime("onednn", device="gpu") == "dynamic"  # Paddle Inference runtimes here are CPU-only
+    monkeypatch.setenv(RUNTIME_ENV, "dynamic")
+    assert resolve_runtime() == "dynamic"
+    monkeypatch.setenv("PPDET_HTC_EXACT", "1")
+    assert resolve_runtime() == "exact" and resolve_runtime("onednn") == "onednn"  # an explicit choice wins
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        resolve_runtime("fast")
+
+
+@pytest.mark.parametrize("runtime", [None, "dynamic", "openvino", "inference"])
+def test_fast_runtimes_match_the_exact_path(setup, runtime):
+    if runtime == "openvino" and not hasattr(paddle.inference.Config(), "enable_openvino_engine"):
+        pytest.skip("Paddle {} has no OpenVINO engine".format(paddle.__version__))
+    det = Detector(setup["cfg"], weights=setup["weights"], runtime=runtime)
+    assert det.runtime == (runtime or DEFAULT_RUNTIME)
+    dets = det.predict(setup["images"])
+    exact = setup["exact"]
+    assert sum(len(d["scores"]) for d in exact) >= 5  # the comparison has detections to compare
+    # Every exact detection clearly above the score threshold is found again (the ones within the score
+    # tolerance of the threshold may fall below it); and vice versa.
+    assert unmatched(exact, dets, THRESHOLD + SCORE_TOL) == []
+    assert unmatched(dets, exact, THRESHOLD + SCORE_TOL) == []
+    for d, e in zip(dets, exact):
+        assert d["masks"].dtype == bool and d["masks"].shape[1:] == e["masks"].shape[1:]
+        assert d["class_names"] == [det.class_names[int(c)] for c in d["labels"]]
+
+
+def test_dynamic_runtime_folds_batch_norm(setup):
+    det = Detector(setup["cfg"], weights=setup["weights"], runtime="dynamic")
+    assert not any(isinstance(l, paddle.nn.BatchNorm2D) for l in det.model.backbone.sublayers())
+    exact = Detector(setup["cfg"], weights=setup["weights"], exact=True)
+    assert any(isinstance(l, paddle.nn.BatchNorm2D) for l in exact.model.backbone.sublayers())
+
+
+def test_two_matmul_resize_equals_bilinear_interpolation_and_survives_onednn(tmp_path):
+    """The resize used while tracing for Paddle Inference (see export.resize_bilinear_2d_matmuls) equals
+    bilinear align_corners interpolation, also after a convolution on Paddle Inference's oneDNN backend (where
+    the broadcast-matmul form computed wrong values)."""
+    from ppdet_htc.engine.export import resize_bilinear_2d_matmuls
+    from ppdet_htc.engine.runtimes import create_inference_predictor
+
+    class ConvResize(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv = paddle.nn.Conv2D(16, 16, 3, padding=1)
+
+        def forward(self, x, like):
+            return resize_bilinear_2d_matmuls(self.conv(x), paddle.shape(like)[2], paddle.shape(like)[3])
+
+    paddle.seed(0)
+    layer = ConvResize()
+    layer.eval()
+    x = np.random.default_rng(0).standard_normal((1, 16, 24, 20)).astype("float32")
+    for out_hw in ((12, 10), (37, 41)):  # down and up
+        like = np.zeros((1, 1) + out_hw, "float32")
+        with paddle.no_grad():
+            feat = layer.conv(paddle.to_tensor(x))
+            ref = paddle.nn.functional.interpolate(feat, size=list(out_hw), mode="bilinear", align_corners=True).numpy()
+            np.testing.assert_allclose(layer(paddle.to_tensor(x), paddle.to_tensor(like)).numpy(), ref, atol=1e-4)
+    spec = [paddle.static.InputSpec([1, 16, None, None], "float32", "x"),
+            paddle.static.InputSpec([1, 1, None, None], "float32", "like")]
+    paddle.jit.save(paddle.jit.to_static(layer, input_spec=spec), str(tmp_path / "model"))
+    pred = create_inference_predictor(str(tmp_path), "onednn", 1)
+    for name, arr in zip(pred.get_input_names(), [x, like]):
+        h = pred.get_input_handle(name)
+        h.reshape(arr.shape)
+        h.copy_from_cpu(arr)
+    pred.run()
+    out = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
+    np.testing.assert_allclose(out, ref, atol=1e-4)
