@@ -91,9 +91,10 @@ def top_k_per_image(rows, image_index, batch, k):
 
     rows ``[N]`` (e.g. indices sorted by descending score), image_index ``[N]`` the image of each row.
     """
-    n = rows.shape[0]
-    if n == 0:
+    if known_empty(rows):
         return rows
+    # (In an exported program the count is a tensor and no branch is traced: the ops below handle no rows.)
+    n = rows.shape[0] if paddle.in_dynamic_mode() else paddle.shape(rows)[0]
     position = paddle.arange(n, dtype="int64")
     order = paddle.argsort(image_index.astype("int64") * n + position)  # unique keys: a stable regroup
     image_sorted = paddle.gather(image_index.astype("int64"), order)

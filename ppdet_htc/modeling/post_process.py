@@ -75,29 +75,53 @@ class BatchedNMS(object):
     ``> score_threshold`` is a candidate (RoI-major), class-wise NMS by mmcv's coordinate-offset trick
     (``ops.batched_nms``), then the best ``keep_top_k`` per image in descending score order."""
 
+    # __call__ can append the exported programs' placeholder row itself (see there).
+    makes_placeholder = True
+
     def __init__(self, score_threshold: float = 0.001, nms_threshold: float = 0.5, keep_top_k: int = 100):
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.keep_top_k = int(keep_top_k)
 
-    def __call__(self, boxes, scores, rois_num):
-        """Same contract as :meth:`MultiClassNMS.__call__` (rows of an image by descending score)."""
+    def __call__(self, boxes, scores, rois_num, placeholder=False):
+        """Same contract as :meth:`MultiClassNMS.__call__` (rows of an image by descending score).
+
+        ``placeholder`` (exported programs): the output ends with the row ``[0, -1, 0, 0, 1, 1]``, counted in
+        the last image. It enters as one more candidate (a RoI of its own that passes the threshold in class
+        0, scored -1, in a group and a pseudo-image of its own: it neither suppresses nor is suppressed, and
+        never takes a real detection's place), so that no intermediate tensor is ever empty: Paddle
+        Inference's oneDNN kernels reject empty tensors, e.g. when no score passes the threshold.
+        """
         num_classes = scores.shape[1]
         batch = rois_num.shape[0]
         flat = scores.reshape([-1])
-        cand = paddle.nonzero(flat > self.score_threshold).reshape([-1])
-        if cand.shape[0] == 0:
+        image_of_roi = box_utils.roi_image_index(rois_num)
+        passing = flat
+        if placeholder:
+            above = paddle.full([1], self.score_threshold + 1.0, dtype=flat.dtype)
+            below = paddle.full([num_classes], self.score_threshold - 1.0, dtype=flat.dtype)
+            passing = paddle.concat([flat, paddle.concat([above, below])[:num_classes]])
+            flat = paddle.concat([flat, paddle.full([num_classes], -1.0, dtype=flat.dtype)])
+            boxes = paddle.concat([boxes, _placeholder_row(boxes.dtype)[:, 2:]])
+            image_of_roi = paddle.concat([image_of_roi, paddle.full([1], 1, "int64") * batch])
+        cand = paddle.nonzero(passing > self.score_threshold).reshape([-1])
+        if box_utils.known_empty(cand):
             return paddle.zeros([0, 6], dtype=boxes.dtype), paddle.zeros([batch], dtype="int32")
         roi = cand // num_classes
         label = cand - roi * num_classes
-        image = paddle.gather(box_utils.roi_image_index(rois_num), roi)
+        image = paddle.gather(image_of_roi, roi)
         cand_boxes = paddle.gather(boxes, roi)
         cand_scores = paddle.gather(flat, cand)
         keep = ops.batched_nms(cand_boxes, cand_scores, image * num_classes + label, self.nms_threshold)
-        keep = box_utils.top_k_per_image(keep, paddle.gather(image, keep), batch, self.keep_top_k)
+        keep_image = paddle.gather(image, keep)
+        # The placeholder's pseudo-image ``batch`` sorts after every real image and has its own top k.
+        keep = box_utils.top_k_per_image(keep, keep_image, batch + 1 if placeholder else batch, self.keep_top_k)
+        keep_image = paddle.gather(image, keep)
+        if placeholder:
+            keep_image = paddle.minimum(keep_image, paddle.full([1], 1, "int64") * (batch - 1))
         dets = paddle.concat([paddle.gather(label, keep).astype(boxes.dtype).unsqueeze(1),
                               paddle.gather(cand_scores, keep).unsqueeze(1), paddle.gather(cand_boxes, keep)], axis=1)
-        return dets, box_utils.count_per_image(paddle.gather(image, keep), batch)
+        return dets, box_utils.count_per_image(keep_image, batch)
 
 
 @register
@@ -131,9 +155,12 @@ class BBoxPostProcess(object):
         origin = paddle.floor(im_shape / scale_factor + 0.5)
         if self.rescale_before_nms:
             boxes = boxes / _box_scale(scale_factor, box_utils.roi_image_index(rois_num))
-        dets, dets_num = self.nms(boxes, probs[:, :self.num_classes], rois_num)
-        if placeholder:
-            dets, dets_num = _add_placeholder(dets, dets_num)
+        if placeholder and getattr(self.nms, "makes_placeholder", False):
+            dets, dets_num = self.nms(boxes, probs[:, :self.num_classes], rois_num, placeholder=True)
+        else:
+            dets, dets_num = self.nms(boxes, probs[:, :self.num_classes], rois_num)
+            if placeholder:
+                dets, dets_num = _add_placeholder(dets, dets_num)
         if self.rescale_before_nms:
             return self._scale_to_input(dets, dets_num, scale_factor, origin)
         return self._rescale_and_clip(dets, dets_num, scale_factor, origin)
@@ -175,14 +202,17 @@ def _box_scale(scale_factor, image_index):
     return paddle.stack([sf[:, 1], sf[:, 0], sf[:, 1], sf[:, 0]], axis=1)
 
 
+def _placeholder_row(dtype):
+    """``[[label 0, score -1, 0, 0, 1, 1]]``, built from scalar fills (a constant list would become an op that
+    Paddle Inference's oneDNN backend cannot run)."""
+    zero = paddle.full([1, 1], 0.0, dtype=dtype)
+    one = paddle.full([1, 1], 1.0, dtype=dtype)
+    return paddle.concat([zero, -one, zero, zero, one, one], axis=1)
+
+
 def _add_placeholder(dets, dets_num):
     """Exported programs (one image per run): append a detection with score -1 (always the last row)."""
-    # [label 0, score -1, box (0, 0, 1, 1)], built from scalar fills (a constant list would become an
-    # op that Paddle Inference's oneDNN backend cannot run).
-    zero = paddle.full([1, 1], 0.0, dtype=dets.dtype)
-    one = paddle.full([1, 1], 1.0, dtype=dets.dtype)
-    pad = paddle.concat([zero, -one, zero, zero, one, one], axis=1)
-    return paddle.concat([dets, pad]), dets_num + 1
+    return paddle.concat([dets, _placeholder_row(dets.dtype)]), dets_num + 1
 
 
 @register

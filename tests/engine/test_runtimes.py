@@ -110,3 +110,29 @@ def test_two_matmul_resize_equals_bilinear_interpolation_and_survives_onednn(tmp
     pred.run()
     out = pred.get_output_handle(pred.get_output_names()[0]).copy_to_cpu()
     np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+TINY_MMDET = os.path.join(os.path.dirname(TINY), "htc_tiny_mmdet.yml")
+
+
+@pytest.mark.parametrize("runtime", [None, "inference"])
+def test_mmdetection_convention_runs_on_the_fast_runtimes(tmp_path, runtime):
+    """The mmdetection convention's pieces (BatchedNMSProposalGenerator, FinestScaleLevelMapper, per-stage
+    DeltaXYWHBBoxCoder, BatchedNMS, rescale before NMS) trace into the program: same detections as the exact
+    path, also for an image where no score passes the threshold (no empty tensor reaches oneDNN)."""
+    paddle.seed(1)
+    weights = str(tmp_path / "tiny_mmdet.pdparams")
+    save_state_file(weights, build_model(load_config(TINY_MMDET)).state_dict())
+    cfg = load_config(TINY_MMDET, ["BBoxPostProcess.nms.score_threshold=0.2"])
+    images = _images(str(tmp_path))
+    exact = Detector(cfg, weights=weights, exact=True).predict(images)
+    det = Detector(cfg, weights=weights, runtime=runtime)
+    assert det.runtime == (runtime or DEFAULT_RUNTIME)  # not a fallback to the dynamic graph
+    dets = det.predict(images)
+    counts = [len(d["scores"]) for d in exact]
+    assert min(counts) == 0 and max(counts) >= 5, counts  # both cases happen
+    assert unmatched(exact, dets, 0.2 + SCORE_TOL) == [] and unmatched(dets, exact, 0.2 + SCORE_TOL) == []
+    for d, e in zip(dets, exact):
+        assert d["masks"].shape[1:] == e["masks"].shape[1:]
+        if len(e["scores"]) == 0:  # the blank image: its best score is far below the threshold
+            assert len(d["scores"]) == 0

@@ -2,7 +2,9 @@
 
 The reference's detections (score > 0.001) and COCO metrics were produced by PaddleDetection's HTC with
 the same weights. Parity: bbox/segm AP within 0.3 points, and every reference detection with score >= 0.3
-found again (same image and class, box IoU >= 0.95, score within 0.01, mask IoU >= 0.9).
+found again (same image and class, box IoU >= 0.95, score within 0.01, mask IoU >= 0.9), on the exact path
+and on the default fast runtime; and the fast runtime within issue 15's tolerance of the exact path
+(detections matched at box IoU >= 0.98 and score within 0.005, AP within 0.1 points).
 """
 import json
 import os
@@ -15,6 +17,7 @@ import pytest
 
 from ppdet_htc.engine.infer import results_records
 from ppdet_htc.engine.predictor import Detector
+from ppdet_htc.engine.runtimes import DEFAULT_RUNTIME
 from ppdet_htc.metrics.coco_eval import STAT_NAMES, detections_to_coco, evaluate_results
 from pycocotools.coco import COCO
 
@@ -54,7 +57,17 @@ def golden_run(request, tmp_path_factory):
     return _golden_run(tmp_path_factory, exact=request.param == "exact")
 
 
+_RUNS = {}
+
+
 def _golden_run(tmp_path_factory, exact):
+    """One run of the 20 images per path (cached: the reference tests and the fast-vs-exact test share them)."""
+    if exact not in _RUNS:
+        _RUNS[exact] = _run_golden(tmp_path_factory, exact)
+    return _RUNS[exact]
+
+
+def _run_golden(tmp_path_factory, exact):
     ref = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "reference"))
     golden = os.path.join(ref, "golden_small")
     if not os.path.isdir(golden):
@@ -65,7 +78,8 @@ def _golden_run(tmp_path_factory, exact):
     paddle.save({k: paddle.to_tensor(npz[k].astype("float32")) for k in npz.files}, weights)  # as its README says
     cfg_path = tmp / "golden.yml"
     cfg_path.write_text(GOLDEN_CONFIG.format(ref=ref, golden=golden))
-    det = Detector(str(cfg_path), weights=weights, exact=exact)
+    det = Detector(str(cfg_path), weights=weights, exact=exact, runtime=None if exact else DEFAULT_RUNTIME)
+    assert det.runtime == ("exact" if exact else DEFAULT_RUNTIME)  # the fast path is not a fallback
     anno = os.path.join(golden, "data", "annotations", "instances_val.json")
     coco = COCO(anno)
     ids = sorted(coco.getImgIds())

@@ -7,6 +7,9 @@ bbox and segm AP within 0.1 point of mmdetection's, and every mmdetection detect
 again (same image and class, box IoU >= 0.98, score within 0.005, mask IoU >= 0.95).
 The ``plain`` files (mmdetection 3.3.0 as released: only the last mask stage) are matched by switching
 the mask fusion to the last stage, which shows that the switch is the only difference.
+These comparisons run on the exact path; the default fast runtime (the model exported and run by Paddle
+Inference, engine/runtimes.py) must stay within issue 15's tolerance of it: every detection matched at box
+IoU >= 0.98 and score within 0.005, both ways, and AP within 0.1 points.
 """
 import json
 import os
@@ -19,6 +22,7 @@ from pycocotools.coco import COCO
 
 from ppdet_htc.engine.convert_mmdet import convert_mmdet_checkpoint
 from ppdet_htc.engine.predictor import Detector
+from ppdet_htc.engine.runtimes import DEFAULT_RUNTIME
 from ppdet_htc.metrics.coco_eval import STAT_NAMES, detections_to_coco, evaluate_results
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -59,18 +63,23 @@ def shared_reference_module():
 _RUNS = {}
 
 
-def run_case(golden, tmp_path_factory, case, overrides=()):
-    """COCO results of the fixture config of ``case`` on the 20 images (cached per module)."""
-    key = (case, tuple(overrides))
+_WEIGHTS = {}
+
+
+def run_case(golden, tmp_path_factory, case, overrides=(), runtime="exact"):
+    """COCO results of the fixture config of ``case`` on the 20 images with ``runtime`` (cached per module)."""
+    key = (case, tuple(overrides), runtime)
     if key in _RUNS:
         return _RUNS[key]
     config, files = CASES[case]
     config = os.path.join(FIXTURES, config)
-    weights = str(tmp_path_factory.mktemp("mmdet_" + case) / "converted.pdparams")
-    if not os.path.isfile(weights):
-        convert_mmdet_checkpoint([os.path.join(golden["root"], f) for f in files], config, weights)
-    det = Detector(config, weights=weights, overrides=["EvalDataset.dataset_dir=" + golden["data"],
-                                                       "TestDataset.dataset_dir=" + golden["data"]] + list(overrides))
+    if case not in _WEIGHTS:
+        _WEIGHTS[case] = str(tmp_path_factory.mktemp("mmdet_" + case) / "converted.pdparams")
+        convert_mmdet_checkpoint([os.path.join(golden["root"], f) for f in files], config, _WEIGHTS[case])
+    det = Detector(config, weights=_WEIGHTS[case], runtime=runtime,
+                   overrides=["EvalDataset.dataset_dir=" + golden["data"],
+                              "TestDataset.dataset_dir=" + golden["data"]] + list(overrides))
+    assert det.runtime == runtime  # the fast path is not a fallback to the dynamic graph
     coco = COCO(golden["anno"])
     ids = sorted(coco.getImgIds())
     files = [os.path.join(golden["data"], "val", coco.loadImgs(i)[0]["file_name"]) for i in ids]
@@ -79,7 +88,7 @@ def run_case(golden, tmp_path_factory, case, overrides=()):
         d["im_id"] = i
         d["masks"] = d["masks"].astype(np.uint8)
     bbox, segm = detections_to_coco(dets, {i: c for i, c in enumerate(sorted(coco.getCatIds()))})
-    _RUNS[key] = {"coco": coco, "bbox": bbox, "segm": segm}
+    _RUNS[key] = {"coco": coco, "bbox": bbox, "segm": segm, "dets": dets}
     return _RUNS[key]
 
 
@@ -135,3 +144,24 @@ def test_mmdet_3x_last_stage_masks_are_one_switch_away(golden, tmp_path_factory,
     missing, checked = missing_detections(run, _load(golden, "{}_plain_bbox.json".format(case)),
                                           _load(golden, "{}_plain_mask.json".format(case)))
     assert checked >= 60 and not missing, "{} of {} not found".format(len(missing), checked)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fast_runtime_matches_the_exact_path(golden, tmp_path_factory, case):
+    """The mmdetection convention on the default fast runtime vs the exact path: every detection above the
+    NMS score threshold (plus the tolerance) matched at box IoU >= 0.98 and score within 0.005, both ways,
+    and every AP within 0.1 points."""
+    from tests.detection_parity import SCORE_TOL, unmatched
+
+    exact = run_case(golden, tmp_path_factory, case)
+    fast = run_case(golden, tmp_path_factory, case, runtime=DEFAULT_RUNTIME)
+    threshold = 0.001 + SCORE_TOL  # BatchedNMS.score_threshold of the config plus the tolerance
+    assert sum(len(d["scores"]) for d in exact["dets"]) >= 1000  # plenty to compare
+    assert unmatched(exact["dets"], fast["dets"], threshold) == []
+    assert unmatched(fast["dets"], exact["dets"], threshold) == []
+    for iou_type in ("bbox", "segm"):
+        aps = []
+        for run in (exact, fast):
+            stats, _ = evaluate_results(run["coco"], [dict(r) for r in run[iou_type]], iou_type)
+            aps.append(np.array([stats[k] for k in STAT_NAMES[:12]], dtype=np.float64))
+        assert np.abs(aps[0] - aps[1]).max() <= 0.001, (iou_type, aps)
