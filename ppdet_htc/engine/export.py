@@ -7,11 +7,9 @@ The last row is always a placeholder with score -1 (Paddle 2.x kernels and Paddl
 backend reject empty tensors, so the program never produces one); ``deploy/python/infer.py`` drops it.
 Everything after the backbone (proposals, cascade, NMS, mask pasting) is inside the program.
 """
-import contextlib
 import inspect
 import logging
 import os
-import sys
 
 import paddle
 import yaml
@@ -20,8 +18,7 @@ from ..core import create
 from ..errors import ConfigError
 from .model_builder import build_model, label_info, load_model_weights, select_device
 
-__all__ = ["export_model", "infer_cfg_dict", "save_inference_program", "resize_bilinear_2d_matmuls",
-           "onednn_safe_tracing"]
+__all__ = ["export_model", "infer_cfg_dict", "save_inference_program"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,48 +77,8 @@ def infer_cfg_dict(cfg, class_names, category_ids, draw_threshold=0.5):
     }
 
 
-def resize_bilinear_2d_matmuls(x, out_h, out_w):
-    """``F.interpolate(x, (out_h, out_w), mode='bilinear', align_corners=True)`` as two plain 2-D matrix products.
-
-    Paddle Inference 3.3.1's oneDNN backend computes ``matmul(W [n,m], X [B,C,m,k])`` wrongly when ``X`` comes
-    from a oneDNN convolution (the broadcast batched form that ``modeling.layers.resize_bilinear_align_corners``
-    uses; the semantic head's output was off by up to 100 %). Reshaping to 2-D products avoids it.
-    """
-    def weights(n_in, n_out):  # [n_out, n_in] tent weights, as in modeling.layers
-        dst = paddle.arange(n_out, dtype="float32")
-        ratio = (n_in.astype("float32") - 1) / paddle.maximum(n_out.astype("float32") - 1, paddle.full([], 1.0))
-        taps = paddle.arange(n_in, dtype="float32")
-        return paddle.nn.functional.relu(1.0 - paddle.abs((dst * ratio).unsqueeze(1) - taps.unsqueeze(0)))
-
-    shape = paddle.shape(x)
-    b, c, h, w = shape[0], shape[1], shape[2], shape[3]
-    y = paddle.matmul(x.reshape([-1, w]), weights(w, out_w), transpose_y=True)  # [B*C*H, out_w]
-    y = y.reshape([b, c, h, out_w]).transpose([0, 1, 3, 2]).reshape([-1, h])  # [B*C*out_w, H]
-    y = paddle.matmul(y, weights(h, out_h), transpose_y=True)  # [B*C*out_w, out_h]
-    return y.reshape([b, c, out_w, out_h]).transpose([0, 1, 3, 2])
-
-
-@contextlib.contextmanager
-def onednn_safe_tracing():
-    """While tracing for Paddle Inference: every ``ppdet_htc.modeling`` module's ``resize_bilinear_align_corners``
-    is :func:`resize_bilinear_2d_matmuls` (same math, see there); restored afterwards."""
-    from ..modeling import layers
-
-    original = layers.resize_bilinear_align_corners
-    patched = [m for name, m in list(sys.modules.items()) if name.startswith("ppdet_htc.modeling") and m is not None
-               and getattr(m, "resize_bilinear_align_corners", None) is original]
-    for m in patched:
-        m.resize_bilinear_align_corners = resize_bilinear_2d_matmuls
-    try:
-        yield
-    finally:
-        for m in patched:
-            m.resize_bilinear_align_corners = original
-
-
 def save_inference_program(model, output_dir):
-    """Trace an eval-mode ``model`` into ``output_dir/model.{json|pdmodel,pdiparams}`` (the model is unchanged;
-    the bilinear resizes are traced as :func:`resize_bilinear_2d_matmuls`, see there)."""
+    """Trace an eval-mode ``model`` into ``output_dir/model.{json|pdmodel,pdiparams}`` (the model is unchanged)."""
     os.makedirs(output_dir, exist_ok=True)
     # One image per run (as PaddleDetection deploys two-stage models); any size.
     spec = [
@@ -132,9 +89,8 @@ def save_inference_program(model, output_dir):
     kwargs = {"input_spec": spec}
     if "full_graph" in inspect.signature(paddle.jit.to_static).parameters:
         kwargs["full_graph"] = True  # AST translation: one complete program, no graph breaks
-    with onednn_safe_tracing():
-        static = paddle.jit.to_static(_ExportWrapper(model), **kwargs)
-        paddle.jit.save(static, os.path.join(output_dir, "model"))
+    static = paddle.jit.to_static(_ExportWrapper(model), **kwargs)
+    paddle.jit.save(static, os.path.join(output_dir, "model"))
     return output_dir
 
 

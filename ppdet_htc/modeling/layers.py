@@ -29,8 +29,13 @@ def upsample_nearest_2x(x):
 
 
 def resize_bilinear_align_corners(x, out_h, out_w):
-    """Bilinear resize with ``align_corners=True`` as two matmuls with tent-weight matrices (exported
-    programs; same math as ``F.interpolate(..., mode='bilinear', align_corners=True)``)."""
+    """Bilinear resize with ``align_corners=True`` as two plain 2-D matrix products with tent-weight matrices
+    (exported programs; same math as ``F.interpolate(..., mode='bilinear', align_corners=True)``).
+
+    2-D products, not the broadcast batched form ``matmul(W [n,m], X [B,C,m,k])``: Paddle Inference 3.3.1's
+    oneDNN backend computes that one wrongly when ``X`` comes from a oneDNN convolution (the semantic head's
+    output was off by up to 100 %).
+    """
 
     def weights(n_in, n_out):
         dst = paddle.arange(n_out, dtype="float32")
@@ -39,9 +44,12 @@ def resize_bilinear_align_corners(x, out_h, out_w):
         taps = paddle.arange(n_in, dtype="float32")
         return nn.functional.relu(1.0 - paddle.abs(src.unsqueeze(1) - taps.unsqueeze(0)))  # [n_out, n_in]
 
-    wy = weights(paddle.shape(x)[2], out_h)
-    wx = weights(paddle.shape(x)[3], out_w)
-    return paddle.matmul(paddle.matmul(wy, x), wx, transpose_y=True)
+    shape = paddle.shape(x)
+    b, c, h, w = shape[0], shape[1], shape[2], shape[3]
+    y = paddle.matmul(x.reshape([-1, w]), weights(w, out_w), transpose_y=True)  # [B*C*H, out_w]
+    y = y.reshape([b, c, h, out_w]).transpose([0, 1, 3, 2]).reshape([-1, h])  # [B*C*out_w, H]
+    y = paddle.matmul(y, weights(h, out_h), transpose_y=True)  # [B*C*out_w, out_h]
+    return y.reshape([b, c, out_w, out_h]).transpose([0, 1, 3, 2])
 
 
 def inference(layer):

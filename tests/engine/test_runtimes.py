@@ -75,11 +75,11 @@ def test_dynamic_runtime_folds_batch_norm(setup):
 
 
 def test_two_matmul_resize_equals_bilinear_interpolation_and_survives_onednn(tmp_path):
-    """The resize used while tracing for Paddle Inference (see export.resize_bilinear_2d_matmuls) equals
-    bilinear align_corners interpolation, also after a convolution on Paddle Inference's oneDNN backend (where
-    the broadcast-matmul form computed wrong values)."""
-    from ppdet_htc.engine.export import resize_bilinear_2d_matmuls
+    """The resize of exported programs (modeling.layers.resize_bilinear_align_corners, two 2-D matrix products)
+    equals bilinear align_corners interpolation, also after a convolution on Paddle Inference's oneDNN backend
+    (where the broadcast-matmul form computed wrong values)."""
     from ppdet_htc.engine.runtimes import create_inference_predictor
+    from ppdet_htc.modeling.layers import resize_bilinear_align_corners as resize_bilinear_2d_matmuls
 
     class ConvResize(paddle.nn.Layer):
         def __init__(self):

@@ -1,10 +1,21 @@
 """layers.DeformableConvV1 (mmdetection's DCN): parameter layout, zero-initialised offsets, and that the offset
-branch trains (gradients reach ``conv_offset`` and fitting a shifted target works)."""
+branch trains (gradients reach ``conv_offset`` and fitting a shifted target works); the exported programs'
+bilinear resize equals ``F.interpolate`` (its oneDNN behaviour: tests/engine/test_runtimes.py)."""
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+import pytest
 
-from ppdet_htc.modeling.layers import DeformableConvV1
+from ppdet_htc.modeling.layers import DeformableConvV1, resize_bilinear_align_corners
+
+
+@pytest.mark.parametrize("in_hw, out_hw", [((6, 9), (11, 17)), ((13, 8), (5, 4)), ((1, 7), (3, 1)), ((5, 5), (5, 5))])
+def test_resize_bilinear_align_corners_equals_interpolate(in_hw, out_hw):
+    x = paddle.to_tensor(np.random.default_rng(0).normal(size=(2, 3) + in_hw).astype(np.float32))
+    want = F.interpolate(x, size=list(out_hw), mode="bilinear", align_corners=True)
+    got = resize_bilinear_align_corners(x, paddle.full([], out_hw[0], "int32"), paddle.full([], out_hw[1], "int32"))
+    assert list(got.shape) == [2, 3] + list(out_hw)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
 
 from . import numpy_ref_mmcv as ref
 
