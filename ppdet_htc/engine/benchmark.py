@@ -125,8 +125,8 @@ def _synthetic_images(batch_size, image_size, seed=0):
 
 def _force_detections(model, num_dets):
     """Random-weight runs: make the outputs look like a trained model's so that every phase does its real
-    amount of work. Every RoI gets one class (a hash of its box coordinates) with probability 0.95 (the
-    others stay below NMS's 0.001 threshold), so NMS sees one candidate per RoI and ``keep_top_k =
+    amount of work. Every RoI gets one class (a hash of its box coordinates) with probability about 0.95 (the
+    others stay below NMS's score threshold), so NMS sees one candidate per RoI and ``keep_top_k =
     num_dets`` fixes the detection count. Only parameters and the final class probabilities are changed;
     all computation runs as usual, and the change is made of tensor ops so that exported programs
     (Paddle Inference runtimes) do the same."""
@@ -140,16 +140,21 @@ def _force_detections(model, num_dets):
     head = model.bbox_head
     predict = head.predict
     num_classes = head.num_classes
+    nms = model.bbox_post_process.nms  # MultiClassNMS (PaddleDetection) or BatchedNMS (mmdetection)
+    # The other classes' probability: below the NMS score threshold (e.g. BatchedNMS's 0.001 with few classes).
+    threshold = float(getattr(nms, "score_threshold", 0.0))
+    off = 0.05 / num_classes if 0.05 / num_classes < threshold else 0.5 * threshold
+    peak = 1.0 - off * num_classes
 
     def predict_with_peaked_scores(*args, **kwargs):
         probs, deltas, rois = predict(*args, **kwargs)
         code = rois[:, 0] * 0.37 + rois[:, 1] * 0.71 + rois[:, 2] * 0.13 + rois[:, 3] * 0.53
         cls = paddle.remainder(paddle.floor(code).astype("int64"), paddle.full([1], num_classes, "int64"))
         onehot = paddle.nn.functional.one_hot(cls, num_classes + 1).astype(probs.dtype)
-        return onehot * 0.95 + (1 - onehot) * (0.05 / num_classes), deltas, rois
+        return onehot * peak + (1 - onehot) * off, deltas, rois
 
     head.predict = predict_with_peaked_scores
-    model.bbox_post_process.nms.keep_top_k = int(num_dets)
+    nms.keep_top_k = int(num_dets)
 
 
 def benchmark_inference(cfg, image_size=(800, 1333), batch_size=1, iters=10, warmup=2, num_dets=100,
@@ -331,8 +336,8 @@ def _threads():
 
 
 _ORDER = ["preprocess", "backbone_fpn", "semantic_head", "rpn", "box_stage0", "box_stage1", "box_stage2",
-          "box_postprocess", "mask_roi_features", "mask_stage0", "mask_stage1", "mask_stage2", "mask_paste",
-          "to_coco_results"]
+          "box_postprocess", "mask_roi_features", "mask_stage0", "mask_stage1", "mask_stage2", "mask_fusion",
+          "mask_paste", "to_coco_results"]
 
 
 def _phase_order(name):

@@ -115,3 +115,44 @@ def test_compare_latency_runs_old_new_new_old(tmp_path):
     data = json.loads(out.read_text())
     assert code == 0 and len(data["runs_ms"]["old"]) == len(data["runs_ms"]["new"]) == 2
     assert data["ratio"] > 0 and data["new_args"][-1] == "--no_peak"
+
+
+@pytest.mark.parametrize("config", ["htc_tiny.yml", "htc_tiny_mmdet.yml"])
+def test_forced_detections_give_one_nms_candidate_per_roi(config):
+    """Random weights with peaked scores: for PaddleDetection's MultiClassNMS (threshold 0.05) and mmdetection's
+    BatchedNMS (0.001, here with only 5 classes) every RoI passes the NMS score threshold in exactly one class."""
+    import numpy as np
+    import paddle
+
+    from ppdet_htc.engine.benchmark import _force_detections
+    from ppdet_htc.engine.model_builder import build_model
+
+    model = build_model(load_config(os.path.join(os.path.dirname(TINY), config)))
+    model.eval()
+    _force_detections(model, 10)
+    nms = model.bbox_post_process.nms
+    seen = []
+
+    class Capture(object):
+        def __getattr__(self, name):
+            return getattr(nms, name)
+
+        def __call__(self, boxes, scores, rois_num, **kwargs):
+            seen.append(scores.numpy())
+            return nms(boxes, scores, rois_num, **kwargs)
+
+    model.bbox_post_process.nms = Capture()
+    inputs = {"image": paddle.to_tensor(np.random.default_rng(0).normal(size=(1, 3, 128, 160)).astype("float32")),
+              "im_shape": paddle.to_tensor([[128.0, 160.0]]), "scale_factor": paddle.to_tensor([[1.0, 1.0]])}
+    with paddle.no_grad():
+        out = model(inputs)
+    (scores,) = seen
+    assert len(scores) >= 10 and ((scores > nms.score_threshold).sum(axis=1) == 1).all()
+    assert int(out["bbox_num"][0]) == 10
+
+
+@pytest.mark.parametrize("runtime", ["exact", "onednn"])
+def test_benchmark_of_the_mmdetection_convention(runtime):
+    res = benchmark_inference(load_config(os.path.join(os.path.dirname(TINY), "htc_tiny_mmdet.yml")),
+                              image_size=(128, 160), iters=1, warmup=1, num_dets=10, runtime=runtime, peak=False)
+    assert res["runtime"] == runtime and res["detections_per_image"] == 10
