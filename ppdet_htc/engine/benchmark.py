@@ -223,6 +223,9 @@ def benchmark_inference(cfg, image_size=(800, 1333), batch_size=1, iters=10, war
     runner = build_runner(model, runtime)
     build_seconds = time.perf_counter() - t_build
     runtime = runner.runtime  # a Paddle Inference runtime that could not be built falls back to 'dynamic'
+    if not dynamic and runtime in ("exact", "dynamic"):  # fell back: time the dynamic graph's layers again
+        meter = LayerMeter(model)
+        meter.count_flops = False
     dynamic = runtime in ("exact", "dynamic")
     model_phase = "model ({})".format(runner.kernels)
 

@@ -15,10 +15,10 @@ import paddle
 import yaml
 
 from ..core import create
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from .model_builder import build_model, label_info, load_model_weights, select_device
 
-__all__ = ["export_model", "infer_cfg_dict", "save_inference_program"]
+__all__ = ["export_model", "infer_cfg_dict", "save_inference_program", "paddle2_export_blockers"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,30 @@ def infer_cfg_dict(cfg, class_names, category_ids, draw_threshold=0.5):
     }
 
 
+def paddle2_export_blockers(model, paddle_version=None):
+    """Names of the model's pieces whose exported program cannot run on this Paddle (``exports_on_paddle2 =
+    False`` on Paddle 2.x, e.g. mmdetection's ``FinestScaleLevelMapper``); empty on Paddle >= 3."""
+    version = paddle_version or paddle.__version__
+    if not version[:1].isdigit() or int(version.split(".")[0]) >= 3 or version.startswith("0."):  # 0.0.0: develop
+        return []
+    found = []
+    for layer in model.sublayers(include_self=True):
+        extractor = getattr(layer, "roi_extractor", None)
+        mapper = getattr(getattr(extractor, "fpn", None), "level_mapper", None)
+        if mapper is not None and not getattr(mapper, "exports_on_paddle2", True):
+            name = "{} ({})".format(type(mapper).__name__, type(layer).__name__)
+            if name not in found:
+                found.append(name)
+    return found
+
+
 def save_inference_program(model, output_dir):
     """Trace an eval-mode ``model`` into ``output_dir/model.{json|pdmodel,pdiparams}`` (the model is unchanged)."""
+    blockers = paddle2_export_blockers(model)
+    if blockers:
+        raise UserError("the exported program of this model needs Paddle >= 3 ({} give empty tensors that Paddle "
+                        "{}'s static executor cannot run); use the dynamic graph (--runtime dynamic or --exact) or "
+                        "Paddle 3".format(", ".join(blockers), paddle.__version__))
     os.makedirs(output_dir, exist_ok=True)
     # One image per run (as PaddleDetection deploys two-stage models); any size.
     spec = [

@@ -28,6 +28,13 @@ def upsample_nearest_2x(x):
     return y.reshape([b, c, h * 2, w * 2])
 
 
+def _dim(x, i):
+    """Size ``i`` of ``x``: a Python int when it is known while tracing (the output then keeps it in its static
+    shape, which Paddle 2.6's static graph needs for the convolution that follows), else a tensor."""
+    n = x.shape[i]
+    return n if isinstance(n, int) and n >= 0 else paddle.shape(x)[i]
+
+
 def resize_bilinear_align_corners(x, out_h, out_w):
     """Bilinear resize with ``align_corners=True`` as two plain 2-D matrix products with tent-weight matrices
     (exported programs; same math as ``F.interpolate(..., mode='bilinear', align_corners=True)``).
@@ -45,7 +52,7 @@ def resize_bilinear_align_corners(x, out_h, out_w):
         return nn.functional.relu(1.0 - paddle.abs(src.unsqueeze(1) - taps.unsqueeze(0)))  # [n_out, n_in]
 
     shape = paddle.shape(x)
-    b, c, h, w = shape[0], shape[1], shape[2], shape[3]
+    b, c, h, w = _dim(x, 0), _dim(x, 1), shape[2], shape[3]
     y = paddle.matmul(x.reshape([-1, w]), weights(w, out_w), transpose_y=True)  # [B*C*H, out_w]
     y = y.reshape([b, c, h, out_w]).transpose([0, 1, 3, 2]).reshape([-1, h])  # [B*C*out_w, H]
     y = paddle.matmul(y, weights(h, out_h), transpose_y=True)  # [B*C*out_w, out_h]

@@ -153,6 +153,13 @@ def test_forced_detections_give_one_nms_candidate_per_roi(config):
 
 @pytest.mark.parametrize("runtime", ["exact", "onednn"])
 def test_benchmark_of_the_mmdetection_convention(runtime):
+    """On Paddle 2.x the exported mmdetection convention is refused and the benchmark times the dynamic graph."""
+    import paddle
+
     res = benchmark_inference(load_config(os.path.join(os.path.dirname(TINY), "htc_tiny_mmdet.yml")),
                               image_size=(128, 160), iters=1, warmup=1, num_dets=10, runtime=runtime, peak=False)
-    assert res["runtime"] == runtime and res["detections_per_image"] == 10
+    paddle2 = int(paddle.__version__.split(".")[0]) < 3 and not paddle.__version__.startswith("0.")
+    assert res["runtime"] == ("dynamic" if paddle2 and runtime == "onednn" else runtime)
+    assert res["detections_per_image"] == 10
+    if res["runtime"] in ("exact", "dynamic"):
+        assert 0.0 < res["overhead_fraction"] < 1.0  # conv/matmul layers timed (also after a fallback)

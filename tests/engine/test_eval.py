@@ -215,9 +215,11 @@ def test_unavailable_weights_are_reported_first_saying_where_to_put_them(tmp_pat
     assert "annotation" not in err[0]
 
 
-def test_fast_runtime_with_reader_workers_keeps_the_exact_metrics(same_size_set, tmp_path):
+def test_fast_runtime_with_reader_workers_keeps_the_exact_metrics(same_size_set, tmp_path, monkeypatch):
     """The default fast runtime with a reader worker process gives the exact path's AP (within 0.1 points) and
     reports where the time went (model vs waiting for the reader)."""
+    monkeypatch.delenv("PPDET_HTC_RUNTIME", raising=False)
+    monkeypatch.delenv("PPDET_HTC_EXACT", raising=False)
     exact = evaluate(demo_eval_cfg(same_size_set, 1), output_eval=str(tmp_path / "exact"), progress=False, exact=True)
     cfg = load_config(coco_config(same_size_set), ["worker_num=1"])
     fast = evaluate(cfg, output_eval=str(tmp_path / "fast"), progress=False)

@@ -11,6 +11,7 @@ from ppdet_htc.engine.checkpoint import save_state_file
 from ppdet_htc.engine.model_builder import build_model
 from ppdet_htc.engine.predictor import Detector
 from ppdet_htc.engine.runtimes import DEFAULT_RUNTIME, RUNTIME_ENV, resolve_runtime
+from ppdet_htc.modeling.layers import resize_bilinear_align_corners
 from tests.detection_parity import SCORE_TOL, unmatched
 from tests.engine.test_export import TINY, _images
 
@@ -50,7 +51,9 @@ def test_resolve_runtime(monkeypatch):
 
 
 @pytest.mark.parametrize("runtime", [None, "dynamic", "openvino", "inference"])
-def test_fast_runtimes_match_the_exact_path(setup, runtime):
+def test_fast_runtimes_match_the_exact_path(setup, runtime, monkeypatch):
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)  # None: the default runtime, whatever the shell says
+    monkeypatch.delenv("PPDET_HTC_EXACT", raising=False)
     if runtime == "openvino" and not hasattr(paddle.inference.Config(), "enable_openvino_engine"):
         pytest.skip("Paddle {} has no OpenVINO engine".format(paddle.__version__))
     det = Detector(setup["cfg"], weights=setup["weights"], runtime=runtime)
@@ -79,7 +82,6 @@ def test_two_matmul_resize_equals_bilinear_interpolation_and_survives_onednn(tmp
     equals bilinear align_corners interpolation, also after a convolution on Paddle Inference's oneDNN backend
     (where the broadcast-matmul form computed wrong values)."""
     from ppdet_htc.engine.runtimes import create_inference_predictor
-    from ppdet_htc.modeling.layers import resize_bilinear_align_corners as resize_bilinear_2d_matmuls
 
     class ConvResize(paddle.nn.Layer):
         def __init__(self):
@@ -87,7 +89,7 @@ def test_two_matmul_resize_equals_bilinear_interpolation_and_survives_onednn(tmp
             self.conv = paddle.nn.Conv2D(16, 16, 3, padding=1)
 
         def forward(self, x, like):
-            return resize_bilinear_2d_matmuls(self.conv(x), paddle.shape(like)[2], paddle.shape(like)[3])
+            return resize_bilinear_align_corners(self.conv(x), paddle.shape(like)[2], paddle.shape(like)[3])
 
     paddle.seed(0)
     layer = ConvResize()
@@ -115,11 +117,17 @@ def test_two_matmul_resize_equals_bilinear_interpolation_and_survives_onednn(tmp
 TINY_MMDET = os.path.join(os.path.dirname(TINY), "htc_tiny_mmdet.yml")
 
 
+PADDLE3 = int(paddle.__version__.split(".")[0]) >= 3 or paddle.__version__.startswith("0.")
+
+
+@pytest.mark.skipif(not PADDLE3, reason="exported mmdetection-convention programs need Paddle >= 3 (see below)")
 @pytest.mark.parametrize("runtime", [None, "inference"])
-def test_mmdetection_convention_runs_on_the_fast_runtimes(tmp_path, runtime):
+def test_mmdetection_convention_runs_on_the_fast_runtimes(tmp_path, runtime, monkeypatch):
     """The mmdetection convention's pieces (BatchedNMSProposalGenerator, FinestScaleLevelMapper, per-stage
     DeltaXYWHBBoxCoder, BatchedNMS, rescale before NMS) trace into the program: same detections as the exact
     path, also for an image where no score passes the threshold (no empty tensor reaches oneDNN)."""
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    monkeypatch.delenv("PPDET_HTC_EXACT", raising=False)
     paddle.seed(1)
     weights = str(tmp_path / "tiny_mmdet.pdparams")
     save_state_file(weights, build_model(load_config(TINY_MMDET)).state_dict())
@@ -136,3 +144,29 @@ def test_mmdetection_convention_runs_on_the_fast_runtimes(tmp_path, runtime):
         assert d["masks"].shape[1:] == e["masks"].shape[1:]
         if len(e["scores"]) == 0:  # the blank image: its best score is far below the threshold
             assert len(d["scores"]) == 0
+
+
+def test_paddle2_cannot_run_the_mmdetection_level_mapper_exported_so_the_runtime_falls_back(tmp_path, monkeypatch,
+                                                                                              caplog):
+    """Paddle 2.x's static executor rejects the empty tensors of an FPN level without RoIs (FinestScaleLevelMapper):
+    there the Paddle Inference runtimes fall back to the dynamic graph with a one-line warning, and export says
+    why; the PaddleDetection convention is not affected."""
+    import logging
+
+    from ppdet_htc.engine.export import paddle2_export_blockers
+
+    mmdet_model = build_model(load_config(TINY_MMDET))
+    assert paddle2_export_blockers(mmdet_model, "2.6.2") == ["FinestScaleLevelMapper (HybridTaskCascadeHead)",
+                                                             "FinestScaleLevelMapper (HybridTaskMaskHead)"]
+    assert paddle2_export_blockers(mmdet_model, "3.3.1") == []
+    assert paddle2_export_blockers(build_model(load_config(TINY)), "2.6.2") == []
+    paddle.seed(1)
+    weights = str(tmp_path / "tiny_mmdet.pdparams")
+    save_state_file(weights, mmdet_model.state_dict())
+    monkeypatch.setattr(paddle, "__version__", "2.6.2")
+    with caplog.at_level(logging.WARNING, logger="ppdet_htc"):
+        det = Detector(TINY_MMDET, weights=weights, runtime="onednn")
+    assert det.runtime == "dynamic"
+    (line,) = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert "\n" not in line and "needs Paddle >= 3" in line and "FinestScaleLevelMapper" in line
+    assert det.predict(_images(str(tmp_path))[0])["boxes"].shape[1] == 4

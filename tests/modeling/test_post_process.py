@@ -48,10 +48,11 @@ def test_placeholder_program_runs_on_paddle_inference(tmp_path):
         def __init__(self):
             super().__init__()
             self.unused = self.create_parameter([1])  # a saved program needs a parameters file
+            self.nms = nms
 
         def forward(self, boxes, scores):
             nums = paddle.shape(boxes)[0:1].astype("int32")  # one image, as exported models run
-            return nms(boxes + self.unused * 0, scores, nums, placeholder=True)
+            return self.nms(boxes + self.unused * 0, scores, nums, placeholder=True)
 
     layer = Program()
     layer.eval()

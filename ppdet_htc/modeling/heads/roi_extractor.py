@@ -51,6 +51,10 @@ class FinestScaleLevelMapper(object):
     """mmdetection's rule: ``floor(log2(sqrt(w * h) / finest_scale + 1e-6))`` clamped to the levels
     (level 0 = the first pooled map, P2); ``finest_scale`` 56 (SEMANTICS_MMDET §6.1, Quirk M5)."""
 
+    # In an exported program a level without RoIs gives empty tensors, which Paddle 3's executor runs but
+    # Paddle 2.x's static executor rejects ("Tensor holds no memory"): exporting needs Paddle >= 3.
+    exports_on_paddle2 = False
+
     def __init__(self, finest_scale: float = 56.0, eps: float = 1e-6):
         self.finest_scale = float(finest_scale)
         self.eps = float(eps)
