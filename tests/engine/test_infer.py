@@ -190,18 +190,23 @@ def test_renamed_pictures_never_replace_other_files(tmp_path):
     assert [os.path.basename(p) for p in out] == ["img0.png", "img1.png"] and not renamed
 
 
-def test_corrupt_images_do_not_lose_the_folder(tmp_path, weights, capsys):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_corrupt_images_do_not_lose_the_folder(tmp_path, weights, capsys, workers):
+    """Also when worker processes decode the images (the unreadable ones are reported from there)."""
     src = str(tmp_path / "imgs")
-    make_images(src, n=4)
+    make_images(src, n=6)
     with open(os.path.join(src, "img1.png"), "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n this is not an image")
     open(os.path.join(src, "img3.png"), "wb").close()  # empty file
+    for name in ("img4.png", "img5.png"):  # a batch of only unreadable images
+        open(os.path.join(src, name), "wb").write(b"nope")
     out = str(tmp_path / "out")
     with pytest.raises(SystemExit) as e:
-        run(["--infer_dir", src, "--output_dir", out, "--batch_size", "2"], weights)
+        run(["--infer_dir", src, "--output_dir", out, "--batch_size", "2", "--worker_num", workers], weights)
     assert e.value.code == 2
     (line,) = error_lines(capsys)
-    assert "2 of 4 images" in line and "img1.png" in line and "img3.png" in line and "results.json" in line
+    assert "4 of 6 images" in line and all("img{}.png".format(i) in line for i in (1, 3, 4, 5))
+    assert "results.json" in line
     assert "img0.png" not in line
     # The readable images have their pictures and their results.
     assert sorted(os.listdir(out)) == ["img0.png", "img2.png", "results.json"]
@@ -209,14 +214,15 @@ def test_corrupt_images_do_not_lose_the_folder(tmp_path, weights, capsys):
     assert {r["file_name"] for r in records} == {"img0.png", "img2.png"}
 
 
-def test_strict_stops_at_the_first_bad_image(tmp_path, weights, capsys):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_strict_stops_at_the_first_bad_image(tmp_path, weights, capsys, workers):
     src = str(tmp_path / "imgs")
     make_images(src, n=3)
     with open(os.path.join(src, "img1.png"), "wb") as f:
         f.write(b"garbage")
     out = str(tmp_path / "out")
     with pytest.raises(SystemExit) as e:
-        run(["--infer_dir", src, "--output_dir", out, "--strict"], weights)
+        run(["--infer_dir", src, "--output_dir", out, "--strict", "--worker_num", workers], weights)
     assert e.value.code == 2
     (line,) = error_lines(capsys)
     assert "img1.png" in line and "decode" in line
