@@ -42,11 +42,12 @@ def roi_align(feat, boxes, boxes_num, output_size, spatial_scale, sampling_ratio
     A RoI of zero width or height gives NaN on Paddle's CPU kernel (0 on GPU); the reference ran on the
     same kernels, so this is kept (such boxes end up degenerate and are dropped after NMS).
     An inverted box (x2 < x1 or y2 < y1), which would abort the process inside Paddle's CPU kernel, is
-    treated as a zero-size box at its (x1, y1) corner; valid boxes are passed through unchanged. (Only
-    in dynamic mode: the model never makes inverted boxes, and in exported programs the extra ops trip
-    a oneDNN crash.)
+    treated as a zero-size box at its (x1, y1) corner, and a NaN/inf coordinate (a diverged model), which
+    aborts the process too, as 0; valid boxes are passed through unchanged. (Only in dynamic mode: the
+    model never makes such boxes, and in exported programs the extra ops trip a oneDNN crash.)
     """
     if paddle.in_dynamic_mode() and boxes.shape[0] > 0:  # (Paddle 2.x cannot concat empty tensors)
+        boxes = paddle.where(paddle.isfinite(boxes), boxes, paddle.zeros_like(boxes))
         boxes = paddle.concat([boxes[:, :2], paddle.maximum(boxes[:, 2:], boxes[:, :2])], axis=1)
     return vops.roi_align(
         feat,

@@ -5,6 +5,8 @@ boxes partly / fully outside the map, tiny, zero-area and inverted boxes, severa
 different RoI counts (including an image with none), zero RoIs, and the multi-level extractor
 (each output row equals the single-level RoIAlign on the level chosen by the NumPy level rule).
 """
+import os
+
 import numpy as np
 import paddle
 import pytest
@@ -219,3 +221,23 @@ def test_single_map_roi_align():
     np.testing.assert_allclose(out, exp, rtol=0, atol=TOL)
     out2 = ex([_t(feat)], _t(boxes * 2), _t(boxes_num, "int32"), spatial_scale=0.0625).numpy()
     np.testing.assert_allclose(out2, exp, rtol=0, atol=TOL)
+
+
+def test_non_finite_boxes_do_not_abort_the_process():
+    """Paddle's CPU kernel aborts the whole process (std::length_error) on NaN/inf boxes; a diverged model
+    must not take the process down: such coordinates are read as 0. Run in a child process so that a
+    regression is a failed test, not a dead test run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, paddle\n"
+        "from ppdet_htc.modeling import ops\n"
+        "feat = paddle.ones([1, 2, 8, 8])\n"
+        "boxes = paddle.to_tensor(np.array([[1, 1, 5, 5], [np.nan, 1, 4, 4], [0, np.inf, 3, -np.inf]], 'float32'))\n"
+        "out = ops.roi_align(feat, boxes, paddle.to_tensor(np.array([3], 'int32')), 2, 1.0, 0, True)\n"
+        "assert out.shape == [3, 2, 2, 2] and np.allclose(out.numpy()[0], 1.0)\n"
+        "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
