@@ -23,7 +23,7 @@ def foldable_pairs(model):
     for layer in model.sublayers(include_self=True):
         if isinstance(layer, ConvNormLayer):
             conv, norm = getattr(layer, "conv", None), getattr(layer, "norm", None)
-            if type(conv) is nn.Conv2D and isinstance(norm, _BN_TYPES):
+            if isinstance(conv, nn.Conv2D) and isinstance(norm, _BN_TYPES):
                 pairs.append((layer, conv, norm))
     return pairs
 

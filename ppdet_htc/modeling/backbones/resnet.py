@@ -20,7 +20,7 @@ from paddle.regularizer import L2Decay
 
 from ...core import register
 from ...errors import ConfigError
-from ..layers import DeformableConvV1, add, inference, relu
+from ..layers import Conv2D, DeformableConvV1, add, inference, relu
 from ..shape_spec import ShapeSpec
 
 __all__ = ["ResNet", "ConvNormLayer"]
@@ -50,7 +50,7 @@ class ConvNormLayer(nn.Layer):
             self.conv = DeformableConvV1(ch_in, ch_out, filter_size, stride=stride, padding=padding, groups=groups,
                                          weight_attr=weight_attr, lr=lr)
         else:
-            self.conv = nn.Conv2D(ch_in, ch_out, filter_size, stride=stride, padding=padding, groups=groups,
+            self.conv = Conv2D(ch_in, ch_out, filter_size, stride=stride, padding=padding, groups=groups,
                                   weight_attr=weight_attr, bias_attr=False)
         norm_lr = 0.0 if freeze_norm else lr
         w_attr = ParamAttr(learning_rate=norm_lr, regularizer=L2Decay(norm_decay), trainable=not freeze_norm)

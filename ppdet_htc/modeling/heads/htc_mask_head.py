@@ -14,7 +14,7 @@ from paddle.nn.initializer import Constant, KaimingNormal
 
 from ...core import register
 from ...utils.timing import phase
-from ..layers import ConvAct, inference, relu
+from ..layers import Conv2D, Conv2DTranspose, ConvAct, inference, relu
 from ..box_utils import known_empty
 from ..shape_spec import ShapeSpec, as_shape_list, in_channel_from
 from .roi_extractor import build_roi_feature_extractor
@@ -33,13 +33,13 @@ class HybridTaskMaskFeatSub(nn.Layer):
             [ConvAct(in_channel if i == 0 else out_channel, out_channel, 3, fan_in=out_channel * 9)
              for i in range(num_convs)]
         )
-        self.upsample = nn.Conv2DTranspose(
+        self.upsample = Conv2DTranspose(
             out_channel, out_channel, 2, stride=2,
             weight_attr=ParamAttr(initializer=KaimingNormal(fan_in=out_channel * 4)),
             bias_attr=ParamAttr(initializer=Constant(0.0)),
         )
         # The reference initialises the logits with fan_in = num_classes (kept for training parity).
-        self.conv_logits = nn.Conv2D(
+        self.conv_logits = Conv2D(
             out_channel, num_classes, 1,
             weight_attr=ParamAttr(initializer=KaimingNormal(fan_in=num_classes)),
             bias_attr=ParamAttr(initializer=Constant(0.0)),

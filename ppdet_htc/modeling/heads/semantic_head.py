@@ -9,7 +9,7 @@ from paddle import ParamAttr
 from paddle.nn.initializer import Constant, KaimingUniform
 
 from ...core import register
-from ..layers import ConvAct, resize_bilinear_align_corners
+from ..layers import Conv2D, ConvAct, resize_bilinear_align_corners
 from ..losses import softmax_cross_entropy
 from ..shape_spec import ShapeSpec
 from ...errors import ConfigError
@@ -18,7 +18,7 @@ __all__ = ["FusedSemanticHead"]
 
 
 def _plain_conv(ch_in, ch_out):
-    return nn.Conv2D(
+    return Conv2D(
         ch_in, ch_out, 1, weight_attr=ParamAttr(initializer=KaimingUniform()),
         bias_attr=ParamAttr(initializer=Constant(0.0)),
     )

@@ -9,7 +9,7 @@ from paddle.nn.initializer import Constant, XavierUniform
 
 from ...core import register
 from ...errors import ConfigError
-from ..layers import add, inference, upsample_nearest_2x
+from ..layers import Conv2D, add, inference, upsample_nearest_2x
 from ..shape_spec import ShapeSpec
 
 __all__ = ["FPN"]
@@ -58,7 +58,7 @@ class FPN(nn.Layer):
             lat_name = "fpn_inner_res5_sum" if stage == 3 else "fpn_inner_res{}_sum_lateral".format(stage + 2)
             lateral = self.add_sublayer(
                 lat_name,
-                nn.Conv2D(
+                Conv2D(
                     self.in_channels[i], out_channel, 1,
                     weight_attr=ParamAttr(initializer=XavierUniform(fan_out=self.in_channels[i])),
                     bias_attr=ParamAttr(initializer=Constant(0.0)),
@@ -67,7 +67,7 @@ class FPN(nn.Layer):
             self.lateral_convs.append(lateral)
             fpn_conv = self.add_sublayer(
                 "fpn_res{}_sum".format(stage + 2),
-                nn.Conv2D(
+                Conv2D(
                     out_channel, out_channel, 3, padding=1,
                     weight_attr=ParamAttr(initializer=XavierUniform(fan_out=out_channel * 9)),
                     bias_attr=ParamAttr(initializer=Constant(0.0)),

@@ -8,7 +8,7 @@ from paddle import ParamAttr
 from paddle.nn.initializer import Constant, Normal
 
 from ...core import build_nested, register
-from ..layers import inference, relu
+from ..layers import Conv2D, inference, relu
 from ..sampling import GroundTruth
 from ..shape_spec import ShapeSpec, in_channel_from
 from ...utils.timing import phase
@@ -20,7 +20,7 @@ __all__ = ["RPNHead"]
 
 
 def _conv(ch_in, ch_out, k):
-    return nn.Conv2D(
+    return Conv2D(
         ch_in, ch_out, k, padding=(k - 1) // 2,
         weight_attr=ParamAttr(initializer=Normal(mean=0.0, std=0.01)),
         bias_attr=ParamAttr(initializer=Constant(0.0)),
