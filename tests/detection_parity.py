@@ -28,3 +28,20 @@ def unmatched(ref_dets, dets, min_score=0.0):
             if not ok:
                 missing.append((i, int(label), float(score)))
     return missing
+
+
+def assert_runs_agree(exact, fast, nms_score_threshold):
+    """The stated tolerance between two runs of one golden case (dicts with ``dets``, ``coco``, ``bbox``,
+    ``segm``): every detection above the NMS score threshold plus the tolerance matched both ways, and each of
+    the 12 COCO box and mask metrics within 0.1 points."""
+    from ppdet_htc.metrics.coco_eval import STAT_NAMES, evaluate_results
+
+    threshold = nms_score_threshold + SCORE_TOL
+    assert unmatched(exact["dets"], fast["dets"], threshold) == []
+    assert unmatched(fast["dets"], exact["dets"], threshold) == []
+    for iou_type in ("bbox", "segm"):
+        aps = []
+        for run in (exact, fast):
+            stats, _ = evaluate_results(run["coco"], [dict(r) for r in run[iou_type]], iou_type)
+            aps.append(np.array([stats[k] for k in STAT_NAMES[:12]], dtype=np.float64))
+        assert np.abs(aps[0] - aps[1]).max() <= 0.001, (iou_type, aps)

@@ -143,16 +143,8 @@ def golden_exact(tmp_path_factory):
 def test_fast_runtime_matches_the_exact_path(tmp_path_factory, golden_exact):
     """Default fast runtime vs exact path: every detection matched at box IoU >= 0.98 and score within 0.005
     (both ways, above the tolerance band of NMS's score threshold), and AP within 0.1 points."""
-    from tests.detection_parity import SCORE_TOL, unmatched
+    from tests.detection_parity import assert_runs_agree
 
     fast = _golden_run(tmp_path_factory, exact=False)
     assert fast["det"].runtime != "exact"
-    threshold = 0.001 + SCORE_TOL  # the config's NMS score threshold plus the tolerance
-    assert unmatched(golden_exact["dets"], fast["dets"], threshold) == []
-    assert unmatched(fast["dets"], golden_exact["dets"], threshold) == []
-    for iou_type in ("bbox", "segm"):
-        aps = []
-        for run in (golden_exact, fast):
-            stats, _ = evaluate_results(run["coco"], [dict(r) for r in run[iou_type]], iou_type)
-            aps.append(np.array([stats[k] for k in STAT_NAMES[:12]], dtype=np.float64))
-        assert np.abs(aps[0] - aps[1]).max() <= 0.001, (iou_type, aps)
+    assert_runs_agree(golden_exact, fast, nms_score_threshold=0.001)  # the config's NMS score threshold

@@ -151,17 +151,9 @@ def test_fast_runtime_matches_the_exact_path(golden, tmp_path_factory, case):
     """The mmdetection convention on the default fast runtime vs the exact path: every detection above the
     NMS score threshold (plus the tolerance) matched at box IoU >= 0.98 and score within 0.005, both ways,
     and every AP within 0.1 points."""
-    from tests.detection_parity import SCORE_TOL, unmatched
+    from tests.detection_parity import assert_runs_agree
 
     exact = run_case(golden, tmp_path_factory, case)
     fast = run_case(golden, tmp_path_factory, case, runtime=DEFAULT_RUNTIME)
-    threshold = 0.001 + SCORE_TOL  # BatchedNMS.score_threshold of the config plus the tolerance
     assert sum(len(d["scores"]) for d in exact["dets"]) >= 1000  # plenty to compare
-    assert unmatched(exact["dets"], fast["dets"], threshold) == []
-    assert unmatched(fast["dets"], exact["dets"], threshold) == []
-    for iou_type in ("bbox", "segm"):
-        aps = []
-        for run in (exact, fast):
-            stats, _ = evaluate_results(run["coco"], [dict(r) for r in run[iou_type]], iou_type)
-            aps.append(np.array([stats[k] for k in STAT_NAMES[:12]], dtype=np.float64))
-        assert np.abs(aps[0] - aps[1]).max() <= 0.001, (iou_type, aps)
+    assert_runs_agree(exact, fast, nms_score_threshold=0.001)  # BatchedNMS.score_threshold of the config
